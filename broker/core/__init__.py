@@ -1,0 +1,1 @@
+"""The broker's core: pure protocol functions and the credential decisions."""

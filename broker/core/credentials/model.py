@@ -1,0 +1,140 @@
+"""Domain values shared by the credential core, its ports and the adapters."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Final
+
+from broker.core.protocol.keys import AgentKey
+from broker.secrets import Secret
+
+BACKGROUND: Final = "background"
+
+
+class Scheme(enum.Enum):
+    """Which ``Authorization`` scheme a header uses."""
+
+    AGENT_ASSERTION = "AgentAssertion"
+    BEARER = "Bearer"
+
+
+class TaskKind(enum.Enum):
+    """What a task is for (protocol §7)."""
+
+    BACKGROUND = "background"
+    THREAD = "thread"
+
+
+class FallbackReason(enum.Enum):
+    """Why a Bearer was returned instead of an assertion (protocol §8.1)."""
+
+    NONE = "none"
+    DISABLED = "disabled"
+    UNSUPPORTED_HOST = "unsupported_host"
+    TASK_REGISTRATION_UNAVAILABLE = "task_registration_unavailable"
+    IDENTITY_UNAVAILABLE = "identity_unavailable"
+    REQUESTED = "requested"
+
+
+class Mode(enum.Enum):
+    """What the caller asks for."""
+
+    DEFAULT = "default"
+    BEARER_ONLY = "bearer_only"
+
+
+def task_slot(thread_id: str | None) -> str:
+    """The store slot of a task: ``background`` or ``thread:<thread_id>``."""
+    return BACKGROUND if not thread_id else f"thread:{thread_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityRecord:
+    """A registered agent identity as the broker persists it (protocol §9.2, DESIGN §4).
+
+    Attributes:
+        name: the broker's name for the identity (configuration key).
+        agent_runtime_id: the control plane's id for the registered key.
+        key: the private key (sealed whenever it is stored outside process memory).
+        account_id: the ChatGPT account (workspace) the identity is bound to.
+        user_id: the ChatGPT user at registration, when known.
+        registered_at: when the control plane registered it.
+        source: how it was established (``register``, ``import``, ``jwt``).
+    """
+
+    name: str
+    agent_runtime_id: str
+    key: AgentKey
+    account_id: str
+    user_id: str | None
+    registered_at: datetime
+    source: str = "register"
+
+    @property
+    def binding_id(self) -> str:
+        """``chatgpt-account-<account_id>`` (protocol §9.1)."""
+        return f"chatgpt-account-{self.account_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRecord:
+    """A task registered for an identity (protocol §7).
+
+    Attributes:
+        agent_runtime_id: the runtime the task was registered under.
+        task_id: the control plane's task id.
+        slot: ``background`` or ``thread:<thread_id>``.
+        registered_at: when it was registered.
+    """
+
+    agent_runtime_id: str
+    task_id: str
+    slot: str
+    registered_at: datetime
+
+    @property
+    def kind(self) -> TaskKind:
+        """Background or thread, from the slot."""
+        return TaskKind.BACKGROUND if self.slot == BACKGROUND else TaskKind.THREAD
+
+    @property
+    def thread_id(self) -> str | None:
+        """The thread id of a thread task."""
+        return None if self.slot == BACKGROUND else self.slot.removeprefix("thread:")
+
+
+@dataclass(frozen=True, slots=True)
+class CachedAssertion:
+    """A minted assertion header and its validity window.
+
+    Attributes:
+        header_value: ``AgentAssertion <token>`` (a secret: never logged).
+        agent_runtime_id: runtime that signed it.
+        task_id: task it names.
+        issued_at: the envelope timestamp.
+        expires_at: when the broker stops serving it.
+    """
+
+    header_value: Secret
+    agent_runtime_id: str
+    task_id: str
+    issued_at: datetime
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Authorization:
+    """What a worker receives: a header value plus the facts about it (DESIGN §3)."""
+
+    header_value: Secret
+    scheme: Scheme
+    identity: str
+    agent_runtime_id: str = ""
+    task_id: str = ""
+    task_kind: TaskKind | None = None
+    issued_at: datetime | None = None
+    expires_at: datetime | None = None
+    fallback_reason: FallbackReason = FallbackReason.NONE
+    companion_headers: dict[str, str] = field(default_factory=dict)

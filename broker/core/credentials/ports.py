@@ -1,0 +1,145 @@
+"""The small interfaces the credential core needs from the outside world (DESIGN §2).
+
+Each Protocol has a real adapter and an in-memory one behind the same interface, so the core is
+tested with real cryptography, an in-memory store and an injected clock, and runs in production over
+Redis and HTTP without a line of difference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from datetime import datetime
+from typing import Protocol
+
+from broker.core.credentials.model import CachedAssertion, IdentityRecord, TaskRecord
+from broker.secrets import Secret
+
+
+class Clock(Protocol):
+    """Wall-clock and monotonic time."""
+
+    def now(self) -> datetime:
+        """The current time, aware, in UTC."""
+        ...
+
+    def monotonic(self) -> float:
+        """Seconds on a clock that never goes backwards (for deadlines)."""
+        ...
+
+
+class Store(Protocol):
+    """Shared broker state (DESIGN §4): identities, tasks, cached assertions and locks.
+
+    Every method raises :class:`broker.errors.StoreUnavailable` when the backing service cannot be
+    reached. A stored value that cannot be opened or parsed is deleted and reported as absent (the
+    caller re-establishes it), with a ``store.corrupt_value`` warning event.
+
+    ``identity`` arguments are validated names (``[A-Za-z0-9_.-]{1,64}``); implementations may use them
+    in key names verbatim.
+    """
+
+    @property
+    def shared(self) -> bool:
+        """Whether other broker processes see this state (Redis) or not (embedded)."""
+        ...
+
+    async def ping(self) -> None:
+        """Check the backing service answers; raise StoreUnavailable if not."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections this store created."""
+        ...
+
+    async def load_identity(self, identity: str) -> IdentityRecord | None:
+        """The persisted identity record, or ``None``."""
+        ...
+
+    async def save_identity(self, record: IdentityRecord) -> None:
+        """Persist (overwrite) the identity record; the private key is sealed at rest."""
+        ...
+
+    async def delete_identity(self, identity: str) -> None:
+        """Forget the identity record (its tasks become unreachable: their keys carry its runtime id)."""
+        ...
+
+    async def load_task(self, identity: str, agent_runtime_id: str, slot: str) -> TaskRecord | None:
+        """The task stored in ``slot`` for this runtime, or ``None``."""
+        ...
+
+    async def save_task(self, identity: str, task: TaskRecord, ttl_seconds: float | None) -> None:
+        """Store ``task`` in its slot (overwriting), expiring after ``ttl_seconds`` if given."""
+        ...
+
+    async def delete_task(
+        self, identity: str, agent_runtime_id: str, slot: str, task_id: str
+    ) -> bool:
+        """Delete the slot only if it still holds ``task_id`` (compare-and-delete); report whether it did."""
+        ...
+
+    async def load_assertion(self, identity: str, task_id: str) -> CachedAssertion | None:
+        """A cached assertion for ``task_id``, or ``None``."""
+        ...
+
+    async def save_assertion(
+        self, identity: str, assertion: CachedAssertion, ttl_seconds: float
+    ) -> CachedAssertion:
+        """Cache ``assertion`` unless one is already cached for its task; return the one that is cached.
+
+        First writer wins, so replicas converge on one assertion per window.
+        """
+        ...
+
+    async def delete_assertion(self, identity: str, task_id: str) -> None:
+        """Drop the cached assertion of ``task_id``."""
+        ...
+
+    async def acquire_lock(self, identity: str, name: str, ttl_seconds: float) -> str | None:
+        """Try once to take the named lock; return its fencing token, or ``None`` if held elsewhere."""
+        ...
+
+    async def release_lock(self, identity: str, name: str, token: str) -> bool:
+        """Release the lock if ``token`` still owns it (compare-and-delete); report whether it did."""
+        ...
+
+    async def publish_invalidation(self, identity: str, slot: str) -> None:
+        """Tell every replica that the task in ``slot`` of ``identity`` is dead."""
+        ...
+
+    def invalidations(self) -> AsyncIterator[tuple[str, str]]:
+        """Yield ``(identity, slot)`` for every invalidation published by any replica, this one included."""
+        ...
+
+
+class ControlPlane(Protocol):
+    """The control plane's registration endpoints for one configured identity (protocol §4, §5)."""
+
+    async def register_identity(
+        self, *, bearer: Secret, agent_public_key: str, abom: Mapping[str, str]
+    ) -> str:
+        """Register the public key; return the ``agent_runtime_id``.
+
+        Raises:
+            ControlPlaneUnavailable: retryable failure after all attempts.
+            ControlPlaneError: any other failure (status and a body excerpt attached).
+        """
+        ...
+
+    async def register_task(
+        self, *, bearer: Secret, agent_runtime_id: str, body: Mapping[str, str]
+    ) -> Mapping[str, object]:
+        """Post a signed task registration body; return the decoded JSON response object.
+
+        Raises:
+            ControlPlaneUnavailable: retryable failure after all attempts.
+            ControlPlaneError: any other failure, or a response that is not a JSON object.
+        """
+        ...
+
+
+class BearerSource(Protocol):
+    """The account's OAuth access token (for fallbacks and registration)."""
+
+    async def token(self) -> Secret | None:
+        """The current access token, or ``None`` when there is none."""
+        ...

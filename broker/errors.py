@@ -1,0 +1,183 @@
+"""The broker's exception tree.
+
+Every error the broker raises on purpose is a :class:`BrokerError`. Each class names a stable,
+machine-readable ``reason`` (sent to callers as ``google.rpc.ErrorInfo.reason``) and a ``kind`` that the
+transport maps to a gRPC status code in exactly one table (``transport/grpc/status.py``). Messages are
+written at the raise site, are precise, and never contain a secret: callers and logs see them verbatim.
+
+This module imports nothing from grpc, redis or httpx.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import ClassVar
+
+
+class ErrorKind(enum.Enum):
+    """What kind of failure an error is; the transport maps each to one gRPC status."""
+
+    INVALID_ARGUMENT = "invalid_argument"
+    NOT_FOUND = "not_found"
+    FAILED_PRECONDITION = "failed_precondition"
+    UNAVAILABLE = "unavailable"
+    UNAUTHENTICATED = "unauthenticated"
+    PERMISSION_DENIED = "permission_denied"
+    RESOURCE_EXHAUSTED = "resource_exhausted"
+    INTERNAL = "internal"
+
+
+class BrokerError(Exception):
+    """Base of every deliberate broker error.
+
+    Attributes:
+        reason: stable upper-snake-case identifier for machines (ErrorInfo.reason).
+        kind: the failure class, mapped to a gRPC status at the edge.
+        message: human-readable text, free of secrets.
+    """
+
+    reason: ClassVar[str] = "BROKER_ERROR"
+    kind: ClassVar[ErrorKind] = ErrorKind.INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigError(BrokerError):
+    """A setting is missing or invalid; the message names the setting."""
+
+    reason = "INVALID_CONFIGURATION"
+    kind = ErrorKind.FAILED_PRECONDITION
+
+
+class InvalidArgument(BrokerError):
+    """A request field is malformed; the message names the field."""
+
+    reason = "INVALID_ARGUMENT"
+    kind = ErrorKind.INVALID_ARGUMENT
+
+
+class ProtocolError(BrokerError):
+    """Input does not follow the agent-identity protocol (bad key, envelope, task id...)."""
+
+    reason = "PROTOCOL_ERROR"
+    kind = ErrorKind.INVALID_ARGUMENT
+
+
+class KeyFormatError(ProtocolError):
+    """A private or public key is not in a form the protocol allows (protocol §2)."""
+
+    reason = "KEY_FORMAT"
+
+
+class AssertionFormatError(ProtocolError):
+    """An AgentAssertion header or envelope is malformed (protocol §6, §12.3)."""
+
+    reason = "ASSERTION_FORMAT"
+
+
+class SignatureInvalid(ProtocolError):
+    """A signature does not verify against the public key (protocol §5, §6)."""
+
+    reason = "SIGNATURE_INVALID"
+
+
+class RuntimeMismatch(ProtocolError):
+    """A task belongs to another agent runtime than the identity signing for it (protocol §6.1)."""
+
+    reason = "RUNTIME_MISMATCH"
+
+
+class TaskIdError(ProtocolError):
+    """A task registration response carries no usable task id (protocol §5.2, §5.3)."""
+
+    reason = "TASK_ID_INVALID"
+
+
+class UrlError(ProtocolError):
+    """A control-plane base URL cannot be used (protocol §3)."""
+
+    reason = "URL_INVALID"
+
+
+class UnknownIdentity(BrokerError):
+    """No identity with this name is configured."""
+
+    reason = "UNKNOWN_IDENTITY"
+    kind = ErrorKind.NOT_FOUND
+
+
+class IdentityUnusable(BrokerError):
+    """The identity cannot produce an assertion and no Bearer fallback is possible."""
+
+    reason = "IDENTITY_UNUSABLE"
+    kind = ErrorKind.FAILED_PRECONDITION
+
+
+class NoBearerToken(BrokerError):
+    """A Bearer was required but the account's token is missing or empty."""
+
+    reason = "NO_BEARER_TOKEN"
+    kind = ErrorKind.FAILED_PRECONDITION
+
+
+class TaskUnavailable(BrokerError):
+    """A thread's task could not be registered; thread calls never fall back to Bearer (§8.3)."""
+
+    reason = "TASK_REGISTRATION_UNAVAILABLE"
+    kind = ErrorKind.UNAVAILABLE
+
+
+class ControlPlaneError(BrokerError):
+    """The control plane answered with an error, or could not be reached.
+
+    Attributes:
+        status: the HTTP status, or ``None`` when no response arrived.
+        body_excerpt: at most 512 characters of the response body.
+        operation: which call failed (``mint_biscuit``, ``register_identity``, ``register_task``).
+    """
+
+    reason = "CONTROL_PLANE_ERROR"
+    kind = ErrorKind.FAILED_PRECONDITION
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        operation: str,
+        status: int | None = None,
+        body_excerpt: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.operation = operation
+        self.status = status
+        self.body_excerpt = body_excerpt
+
+
+class ControlPlaneUnavailable(ControlPlaneError):
+    """Retryable control-plane failure (429, 5xx, timeout, connection error) after all attempts."""
+
+    reason = "CONTROL_PLANE_UNAVAILABLE"
+    kind = ErrorKind.UNAVAILABLE
+
+
+class StoreUnavailable(BrokerError):
+    """The shared state store (Redis) cannot be reached and nothing valid is cached."""
+
+    reason = "STORE_UNAVAILABLE"
+    kind = ErrorKind.UNAVAILABLE
+
+
+class StoreCorrupt(BrokerError):
+    """A stored value cannot be opened or parsed; it is discarded and re-established."""
+
+    reason = "STORE_CORRUPT"
+    kind = ErrorKind.UNAVAILABLE
+
+
+class SealingError(BrokerError):
+    """A sealed value cannot be opened: wrong key, wrong Redis key name, or tampering."""
+
+    reason = "SEALED_VALUE_INVALID"
+    kind = ErrorKind.INTERNAL
