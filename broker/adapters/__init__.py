@@ -1,0 +1,1 @@
+"""Adapters: the outside world (Redis, HTTP, time, key encryption) behind the core's ports."""

@@ -1,0 +1,18 @@
+"""The system clock behind the :class:`broker.core.credentials.ports.Clock` port."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+
+class SystemClock:
+    """Real time: ``datetime.now(UTC)`` and ``time.monotonic()``."""
+
+    def now(self) -> datetime:
+        """The current time, aware, in UTC."""
+        return datetime.now(UTC)
+
+    def monotonic(self) -> float:
+        """Seconds on the monotonic clock."""
+        return time.monotonic()

@@ -1,0 +1,91 @@
+"""Structured JSON logging and the redaction processor (DESIGN §8).
+
+``configure_logging`` is called once by the composition root (``app.py``/``cli.py``). Everything logs
+through ``structlog.get_logger()``; per-RPC context (method, caller, request id) is bound with
+``structlog.contextvars`` by the gRPC interceptor.
+
+Secrets are kept out of logs twice: by construction (they travel as :class:`broker.secrets.Secret`,
+whose ``repr`` is masked) and by :func:`redact_secrets`, which masks fields with secret-sounding names
+and any string that looks like an assertion, a Bearer token or a PKCS#8 private key.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any, Final, TextIO
+
+import structlog
+
+from broker.secrets import Secret
+
+REDACTED: Final = "[REDACTED]"
+_SECRET_FIELD: Final = re.compile(
+    r"(token|secret|password|authorization|header_value|private_key|biscuit|assertion_header|kek)",
+    re.IGNORECASE,
+)
+_SECRET_TEXT: Final = re.compile(
+    r"(AgentAssertion\s+[A-Za-z0-9_\-]{8,}"
+    r"|Bearer\s+[A-Za-z0-9._~+/=\-]{8,}"
+    r"|MFECAQEwBQYDK2VwBCIEI[A-Za-z0-9+/=]*"
+    r"|MC4CAQAwBQYDK2VwBCIEI[A-Za-z0-9+/=]*"
+    r"|eyJ[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]*)"
+)
+# Field names that look secret but carry public facts.
+_PUBLIC_FIELDS: Final = frozenset({"public_key_ssh", "token_source", "has_token"})
+
+
+def _redact_value(value: object) -> object:
+    if isinstance(value, Secret):
+        return REDACTED
+    if isinstance(value, str):
+        return _SECRET_TEXT.sub(REDACTED, value)
+    if isinstance(value, dict):
+        return {k: _redact_field(str(k), v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redact_value(v) for v in value]
+    return value
+
+
+def _redact_field(name: str, value: object) -> object:
+    if name not in _PUBLIC_FIELDS and _SECRET_FIELD.search(name) and value not in (None, ""):
+        return REDACTED
+    return _redact_value(value)
+
+
+def redact_secrets(
+    _logger: object, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: mask secret fields and secret-looking text in every value."""
+    for name in list(event_dict):
+        if name == "event":
+            event_dict[name] = _redact_value(event_dict[name])
+        else:
+            event_dict[name] = _redact_field(name, event_dict[name])
+    return event_dict
+
+
+def shared_processors() -> list[structlog.typing.Processor]:
+    """The processors every configuration uses, ending before the renderer."""
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        redact_secrets,
+    ]
+
+
+def configure_logging(level: str = "info", stream: TextIO | None = None) -> None:
+    """Send JSON lines (one event per line) to ``stream`` (stdout by default) at ``level``."""
+    numeric = logging.getLevelNamesMapping().get(level.upper())
+    if numeric is None:
+        raise ValueError(f"unknown log level {level!r}")
+    structlog.configure(
+        processors=[*shared_processors(), structlog.processors.JSONRenderer(sort_keys=False)],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.WriteLoggerFactory(file=stream or sys.stdout),
+        cache_logger_on_first_use=False,
+    )

@@ -1,0 +1,69 @@
+"""Shared test fixtures: structlog reset and capture, a manual clock, free loopback ports."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import structlog
+
+pytest_plugins = ["tests.fixtures.redis", "tests.fixtures.emulator"]
+
+
+class ManualClock:
+    """A clock that moves only when told to (implements the Clock port)."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self._now = start or datetime(2026, 4, 13, 12, 0, 0, tzinfo=UTC)
+        self._mono = 1000.0
+
+    def now(self) -> datetime:
+        return self._now
+
+    def monotonic(self) -> float:
+        return self._mono
+
+    def advance(self, seconds: float) -> None:
+        self._now += timedelta(seconds=seconds)
+        self._mono += seconds
+
+    def set(self, moment: datetime) -> None:
+        delta = (moment - self._now).total_seconds()
+        self._now = moment
+        self._mono += max(delta, 0.0)
+
+
+@pytest.fixture(name="clock")
+def fixture_clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture(autouse=True)
+def _reset_structlog() -> Iterator[None]:
+    """Every test starts and ends with structlog's defaults (no cached loggers)."""
+    structlog.reset_defaults()
+    yield
+    structlog.reset_defaults()
+
+
+@pytest.fixture(name="log_output")
+def fixture_log_output() -> Iterator[list[dict[str, Any]]]:
+    """Capture structured log entries (after our processors, before rendering)."""
+    from broker.logs import shared_processors
+
+    capture = structlog.testing.LogCapture()
+    structlog.configure(
+        processors=[*shared_processors(), capture],
+        cache_logger_on_first_use=False,
+    )
+    yield capture.entries
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free on ``host`` a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
