@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
@@ -18,6 +19,7 @@ _FIELDS: Final = ("agent_runtime_id", "signature", "task_id", "timestamp")
 # A header far beyond any real envelope is refused before decoding (a runtime id, a task id and a
 # timestamp, base64url-encoded, stay well under 4 KiB).
 MAX_TOKEN_LEN: Final = 8192
+_BASE64URL: Final = re.compile(r"[A-Za-z0-9_-]+={0,2}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,8 +115,10 @@ def parse_assertion(header_value: str) -> AssertionEnvelope:
     token = header_value[len(prefix) :].strip()
     if not token or len(token) > MAX_TOKEN_LEN:
         raise AssertionFormatError("assertion token is empty or too long")
+    if not _BASE64URL.fullmatch(token):
+        raise AssertionFormatError("assertion token is not valid base64url")
     try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        raw = base64.urlsafe_b64decode(token.rstrip("=") + "=" * (-len(token.rstrip("=")) % 4))
     except (binascii.Error, ValueError) as exc:
         raise AssertionFormatError("assertion token is not valid base64url") from exc
     try:
