@@ -44,6 +44,7 @@ class Event(enum.StrEnum):
     BEARER_RELOADED = "bearer.reloaded"
     # transport
     RPC_COMPLETED = "rpc.completed"
+    RPC_INTERNAL_ERROR = "rpc.internal_error"
     CALLER_DENIED = "caller.denied"
     # emulator
     EMULATOR_STARTED = "emulator.started"

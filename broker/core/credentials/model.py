@@ -138,3 +138,4 @@ class Authorization:
     expires_at: datetime | None = None
     fallback_reason: FallbackReason = FallbackReason.NONE
     companion_headers: dict[str, str] = field(default_factory=dict)
+    thread_id: str = ""

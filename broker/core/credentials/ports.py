@@ -143,3 +143,23 @@ class BearerSource(Protocol):
     async def token(self) -> Secret | None:
         """The current access token, or ``None`` when there is none."""
         ...
+
+
+class Sealer(Protocol):
+    """Seals secrets at rest with an AEAD bound to where they are stored (DESIGN §4).
+
+    ``associated_data`` is the store key name (plus the field name for hash fields), so a sealed value
+    copied under another key fails to open. Implementations: ``broker.adapters.sealing``.
+    """
+
+    def seal(self, plaintext: bytes, associated_data: bytes) -> bytes:
+        """Return a self-describing sealed form of ``plaintext`` bound to ``associated_data``."""
+        ...
+
+    def open(self, sealed: bytes, associated_data: bytes) -> bytes:
+        """Return the plaintext of ``sealed``.
+
+        Raises:
+            SealingError: wrong format or mode, unknown key, another associated data, or tampering.
+        """
+        ...

@@ -1,0 +1,285 @@
+"""The composition root: build adapters, core and transport from Settings; run; drain; close.
+
+Nothing here is created at import time. ``BrokerApp`` owns every lifetime it creates: the HTTP
+client, the store (unless one was injected), the gRPC server and the background tasks (invalidation
+follower, health monitor, stats). Injected objects belong to the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import grpc
+import httpx
+import structlog
+from grpc_health.v1 import health, health_pb2
+
+from broker import __version__
+from broker.adapters.bearer import StaticBearer, TokenFileBearer
+from broker.adapters.clock import SystemClock
+from broker.adapters.controlplane import ControlPlaneClient, build_http_client
+from broker.adapters.sealing import PlaintextSealer, Sealer, load_kek_file
+from broker.adapters.store.embedded import EmbeddedStore
+from broker.adapters.store.redis import RedisStore
+from broker.config import IdentitySettings, Settings
+from broker.core.credentials.authorizer import Authorizer
+from broker.core.credentials.identity import IdentityManager
+from broker.core.credentials.ports import BearerSource, Clock, Store
+from broker.core.credentials.spec import IdentityRuntime, IdentitySpec
+from broker.core.credentials.tasks import TaskRegistry
+from broker.errors import BrokerError, ConfigError
+from broker.events import Event
+from broker.transport.grpc.server import BROKER_SERVICE, STORE_HEALTH, build_server
+from broker.transport.grpc.servicer import BrokerServicer
+
+log = structlog.get_logger("broker.app")
+
+_HEALTH_INTERVAL_SECONDS = 5.0
+
+
+@dataclass(slots=True)
+class RpcStats:
+    """Cumulative RPC counters for ``broker.stats``."""
+
+    by_code: Counter[str] = field(default_factory=Counter)
+    by_method: Counter[str] = field(default_factory=Counter)
+    total_seconds: float = 0.0
+
+    def record(self, method: str, code: str, seconds: float) -> None:
+        """Count one finished RPC."""
+        self.by_code[code] += 1
+        self.by_method[method.rsplit("/", 1)[-1]] += 1
+        self.total_seconds += seconds
+
+
+def build_store(settings: Settings, clock: Clock) -> Store:
+    """Redis when a URL is configured (sealed at rest), else the embedded in-process store.
+
+    Raises:
+        ConfigError: Redis without a key-encryption key and without ``--insecure``.
+    """
+    if not settings.redis_url:
+        log.warning(
+            Event.STORE_EMBEDDED,
+            detail="no BROKER_REDIS_URL: state is kept in this process only; it is neither shared "
+            "with other replicas nor persistent across restarts",
+        )
+        return EmbeddedStore(clock)
+    sealer: Sealer
+    if settings.kek_file is not None:
+        sealer = load_kek_file(settings.kek_file)
+    elif settings.insecure:
+        log.warning(
+            Event.STORE_INSECURE,
+            detail="--insecure: private keys and cached assertions are stored in Redis unsealed",
+        )
+        sealer = PlaintextSealer()
+    else:
+        raise ConfigError(
+            "BROKER_KEK_FILE: Redis state must be sealed at rest; set BROKER_KEK_FILE "
+            "(see 'credential-broker kek generate') or pass --insecure for development"
+        )
+    return RedisStore.from_url(settings.redis_url, sealer)
+
+
+def identity_spec(settings: Settings, identity: IdentitySettings) -> IdentitySpec:
+    """The core's view of one configured identity."""
+    return IdentitySpec(
+        name=identity.name,
+        controlplane_url=identity.controlplane_url,
+        profile=identity.profile,
+        enabled=identity.enabled,
+        account_id=identity.account_id,
+        user_id=identity.user_id,
+        fedramp=identity.fedramp,
+        extra_hosts=identity.supported_hosts,
+        assertion_ttl=settings.assertion_ttl,
+        refresh_margin=settings.refresh_margin,
+        thread_task_ttl=settings.thread_task_ttl,
+        abom={
+            "agent_version": settings.agent_version,
+            "agent_harness_id": "credential-broker",
+            "running_location": "broker-linux",
+        },
+    )
+
+
+class BrokerApp:
+    """One running broker process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        store: Store | None = None,
+        bearer_sources: dict[str, BearerSource] | None = None,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        """Args:
+        settings: validated settings.
+        clock: injected time (default: the system clock).
+        store: an injected store (owned by the caller); default built from settings.
+        bearer_sources: per-identity token sources overriding the token files (tests, dev).
+        random_bytes: CSPRNG for new keys.
+        """
+        self.settings = settings
+        self.clock: Clock = clock or SystemClock()
+        self._owns_store = store is None
+        self.store: Store = store if store is not None else build_store(settings, self.clock)
+        self._http: httpx.AsyncClient = build_http_client()
+        runtimes: dict[str, IdentityRuntime] = {}
+        for identity in settings.identities:
+            spec = identity_spec(settings, identity)
+            bearer = (bearer_sources or {}).get(identity.name) or self._bearer_for(identity)
+            control_plane = ControlPlaneClient(
+                self._http,
+                base_url=identity.controlplane_url,
+                profile=identity.profile,
+                authapi_base_url=identity.authapi_url,
+                fedramp=identity.fedramp,
+                user_agent=f"credential-broker/{__version__}",
+            )
+            runtimes[identity.name] = IdentityRuntime(spec, control_plane, bearer)
+        lock_ttl = settings.registration_deadline + 5.0
+        wait_deadline = lock_ttl + 5.0
+        self.authorizer = Authorizer(
+            identities=runtimes,
+            default_identity=settings.default_identity,
+            store=self.store,
+            clock=self.clock,
+            identity_manager=IdentityManager(
+                store=self.store,
+                clock=self.clock,
+                random_bytes=random_bytes,
+                lock_ttl=lock_ttl,
+                wait_deadline=wait_deadline,
+            ),
+            tasks=TaskRegistry(
+                store=self.store, clock=self.clock, lock_ttl=lock_ttl, wait_deadline=wait_deadline
+            ),
+        )
+        self.rpc_stats = RpcStats()
+        self.health = health.aio.HealthServicer()
+        self._server: grpc.aio.Server | None = None
+        self._background: list[asyncio.Task[None]] = []
+        self.port: int | None = None
+
+    def _bearer_for(self, identity: IdentitySettings) -> BearerSource:
+        if identity.bearer_token_file is not None:
+            return TokenFileBearer(identity.bearer_token_file, self.clock)
+        return StaticBearer(None)
+
+    @property
+    def address(self) -> str:
+        """``host:port`` actually bound."""
+        host = self.settings.listen.rpartition(":")[0]
+        return f"{host}:{self.port}"
+
+    async def start(self) -> None:
+        """Bind, start serving, and start the background tasks.
+
+        Raises:
+            ConfigError: the listen address cannot be bound.
+        """
+        server = build_server(
+            BrokerServicer(self.authorizer), self.health, on_completed=self.rpc_stats.record
+        )
+        try:
+            port = server.add_insecure_port(self.settings.listen)
+        except RuntimeError as exc:
+            raise ConfigError(f"BROKER_LISTEN: cannot bind {self.settings.listen}: {exc}") from exc
+        if port == 0:
+            raise ConfigError(f"BROKER_LISTEN: cannot bind {self.settings.listen}")
+        self.port = port
+        self._server = server
+        await server.start()
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self.health.set(BROKER_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        await self._check_store()
+        self._background = [
+            asyncio.create_task(self._follow_invalidations(), name="invalidations"),
+            asyncio.create_task(self._monitor_health(), name="health"),
+            asyncio.create_task(self._report_stats(), name="stats"),
+        ]
+        log.info(
+            Event.BROKER_STARTED,
+            listen=self.address,
+            version=__version__,
+            store="redis" if self.store.shared else "embedded",
+            identities=self.authorizer.identity_names,
+        )
+
+    async def _check_store(self) -> None:
+        try:
+            await self.store.ping()
+        except BrokerError:
+            await self.health.set(STORE_HEALTH, health_pb2.HealthCheckResponse.NOT_SERVING)
+        else:
+            await self.health.set(STORE_HEALTH, health_pb2.HealthCheckResponse.SERVING)
+
+    async def _monitor_health(self) -> None:
+        while True:
+            await asyncio.sleep(_HEALTH_INTERVAL_SECONDS)
+            await self._check_store()
+
+    async def _follow_invalidations(self) -> None:
+        while True:
+            try:
+                await self.authorizer.follow_invalidations()
+            except BrokerError:
+                await asyncio.sleep(1.0)
+
+    def stats(self) -> dict[str, object]:
+        """The counters ``broker.stats`` reports (cumulative since start)."""
+        return {
+            "rpcs_by_code": dict(self.rpc_stats.by_code),
+            "rpcs_by_method": dict(self.rpc_stats.by_method),
+            "rpc_seconds_total": round(self.rpc_stats.total_seconds, 6),
+            "authorizer": dict(self.authorizer.counters),
+        }
+
+    async def _report_stats(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.stats_interval)
+            log.info(Event.BROKER_STATS, **self.stats())
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain: report NOT_SERVING, finish in-flight RPCs within ``grace``, close everything."""
+        grace = self.settings.grace_period if grace is None else grace
+        log.info(Event.BROKER_STOPPING, grace_seconds=grace)
+        await self.health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(grace)
+        for task in self._background:
+            task.cancel()
+        for task in self._background:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._background = []
+        await self._http.aclose()
+        if self._owns_store:
+            await self.store.close()
+        log.info(Event.BROKER_STOPPED, **self.stats())
+
+
+async def serve(settings: Settings, *, ready: Callable[[BrokerApp], None] | None = None) -> None:
+    """Run a broker until SIGTERM or SIGINT, then drain within the grace period."""
+    app = BrokerApp(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await app.start()
+        if ready is not None:
+            ready(app)
+        await stop.wait()
+    finally:
+        await app.stop()

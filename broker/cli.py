@@ -1,0 +1,173 @@
+"""``credential-broker``: argv -> Settings -> run.
+
+Commands: ``serve`` (the broker), ``dev`` (emulator + broker on the embedded store, for trying it out),
+``emulator`` (the control-plane emulator alone), ``get-authorization`` (a client), ``inspect`` (decode
+and verify an assertion) and ``kek generate`` (a new key-encryption key line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+
+from broker import __version__
+from broker.config import load_settings
+from broker.errors import BrokerError, ConfigError
+from broker.events import Event
+from broker.logs import configure_logging
+
+log = structlog.get_logger("broker.cli")
+
+DEFAULT_BROKER = "127.0.0.1:50051"
+
+
+def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--listen", help="HOST:PORT to serve gRPC on (BROKER_LISTEN)")
+    parser.add_argument("--redis-url", help="shared state; embedded when unset (BROKER_REDIS_URL)")
+    parser.add_argument(
+        "--controlplane-url", help="control-plane base URL (BROKER_CONTROLPLANE_URL)"
+    )
+    parser.add_argument(
+        "--bearer-token-file", help="account access token file (BROKER_BEARER_TOKEN_FILE)"
+    )
+    parser.add_argument(
+        "--account-id", help="ChatGPT account the identity binds to (BROKER_ACCOUNT_ID)"
+    )
+    parser.add_argument("--kek-file", help="key-encryption key file (BROKER_KEK_FILE)")
+    parser.add_argument(
+        "--assertion-ttl", help="seconds an assertion is valid (BROKER_ASSERTION_TTL)"
+    )
+    parser.add_argument("--log-level", help="debug, info, warning, error (BROKER_LOG_LEVEL)")
+    parser.add_argument(
+        "--insecure",
+        action="store_const",
+        const=True,
+        help="allow unsealed secrets in Redis (development only)",
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="credential-broker",
+        description="One agent identity for a fleet of workers, served over gRPC.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    _add_serve_flags(commands.add_parser("serve", help="run the broker"))
+
+    dev = commands.add_parser(
+        "dev", help="run the emulator and a broker wired to it (embedded store)"
+    )
+    dev.add_argument("--listen", default=DEFAULT_BROKER, help="broker HOST:PORT")
+    dev.add_argument("--emulator-listen", default="127.0.0.1:0", help="emulator HOST:PORT")
+    dev.add_argument("--log-level", default="info")
+
+    emulator = commands.add_parser("emulator", help="run the control-plane emulator")
+    emulator.add_argument("--listen", default="127.0.0.1:8765", help="HOST:PORT")
+    emulator.add_argument(
+        "--token",
+        action="append",
+        default=[],
+        metavar="TOKEN[:ACCOUNT[:USER]]",
+        help="an accepted access token and its account (repeatable)",
+    )
+    emulator.add_argument("--plaintext-task-ids", action="store_true")
+    emulator.add_argument("--no-require-biscuit", action="store_true")
+    emulator.add_argument("--log-level", default="info")
+
+    get = commands.add_parser("get-authorization", help="ask a broker for a header")
+    get.add_argument("--broker", default=os.environ.get("BROKER_ADDRESS", DEFAULT_BROKER))
+    get.add_argument("--identity", default="")
+    get.add_argument("--thread", default="", help="thread id (empty: the background task)")
+    get.add_argument("--bearer-only", action="store_true")
+    get.add_argument("--watch", action="store_true", help="stream updates until interrupted")
+    get.add_argument("--header-only", action="store_true", help="print only the header value")
+    get.add_argument("--timeout", type=float, default=30.0)
+
+    inspect = commands.add_parser("inspect", help="decode and verify an AgentAssertion header")
+    inspect.add_argument("header", help="the header value, or - to read it from stdin")
+    inspect.add_argument("--public-key", help="'ssh-ed25519 AAAA…' to verify against")
+    inspect.add_argument("--broker", help="fetch the public key from this broker")
+    inspect.add_argument("--identity", default="")
+
+    kek = commands.add_parser("kek", help="key-encryption keys")
+    kek_commands = kek.add_subparsers(dest="kek_command", required=True)
+    kek_commands.add_parser("generate", help="print a new KEK line for BROKER_KEK_FILE")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``credential-broker``; returns the process exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "dev":
+            from broker.devmode import run_dev
+
+            configure_logging(args.log_level)
+            return asyncio.run(run_dev(args.listen, args.emulator_listen))
+        if args.command == "emulator":
+            from broker.devmode import run_emulator
+
+            configure_logging(args.log_level)
+            return asyncio.run(
+                run_emulator(
+                    args.listen,
+                    args.token,
+                    plaintext_task_ids=args.plaintext_task_ids,
+                    require_biscuit=not args.no_require_biscuit,
+                )
+            )
+        if args.command == "get-authorization":
+            from broker.client_cli import get_authorization
+
+            return asyncio.run(get_authorization(args))
+        if args.command == "inspect":
+            from broker.client_cli import inspect_header
+
+            return asyncio.run(inspect_header(args))
+        if args.command == "kek":
+            from broker.adapters.sealing import generate_kek_line
+
+            print(generate_kek_line())  # noqa: T201  (the command's output)
+            return 0
+    except ConfigError as exc:
+        # One JSON event for the log stream (stdout) and one plain line for the person (stderr).
+        configure_logging("error")
+        log.error(Event.CONFIG_INVALID, error=exc.message)  # noqa: TRY400  (no traceback wanted)
+        print(f"credential-broker: configuration error: {exc.message}", file=sys.stderr)  # noqa: T201
+        return 2
+    except BrokerError as exc:
+        print(f"credential-broker: {exc.reason}: {exc.message}", file=sys.stderr)  # noqa: T201
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 2
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from broker.app import serve
+
+    overrides: dict[str, Any] = {
+        "listen": args.listen,
+        "redis_url": args.redis_url,
+        "controlplane_url": args.controlplane_url,
+        "bearer_token_file": args.bearer_token_file,
+        "account_id": args.account_id,
+        "kek_file": args.kek_file,
+        "assertion_ttl": args.assertion_ttl,
+        "log_level": args.log_level,
+        "insecure": args.insecure,
+    }
+    settings = load_settings(os.environ, overrides)
+    configure_logging(settings.log_level)
+    asyncio.run(serve(settings))
+    return 0

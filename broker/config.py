@@ -1,0 +1,319 @@
+"""Settings: environment variables, overridden by CLI flags, plus an optional TOML file.
+
+Precedence, highest first: command-line flags, ``BROKER_*`` environment variables, the TOML file named
+by ``BROKER_CONFIG``, built-in defaults. Several identities need the TOML file (``[identities.NAME]``
+tables); the environment form describes one identity, named by ``BROKER_IDENTITY`` (``default``).
+Every problem raises :class:`ConfigError` naming the setting, so start-up stops with one clear line.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from broker import __version__
+from broker.core.credentials.spec import IDENTITY_NAME, Profile
+from broker.core.protocol.urls import host_of
+from broker.errors import ConfigError, UrlError
+
+DEFAULT_LISTEN: Final = "127.0.0.1:50051"
+DEFAULT_CONTROLPLANE_URL: Final = "https://chatgpt.com/backend-api"
+# The control plane's skew window; an assertion must expire well inside it (protocol §12).
+SKEW_WINDOW_SECONDS: Final = 300.0
+_TRUE: Final = frozenset({"1", "true", "yes", "on"})
+_FALSE: Final = frozenset({"0", "false", "no", "off", ""})
+
+
+@dataclass(frozen=True, slots=True)
+class IdentitySettings:
+    """One configured identity (see ``broker.core.credentials.spec.IdentitySpec``)."""
+
+    name: str
+    controlplane_url: str = DEFAULT_CONTROLPLANE_URL
+    profile: Profile = Profile.CHATGPT_BACKEND
+    enabled: bool = True
+    account_id: str | None = None
+    user_id: str | None = None
+    fedramp: bool = False
+    supported_hosts: tuple[str, ...] = ()
+    bearer_token_file: Path | None = None
+    authapi_url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the composition root needs."""
+
+    identities: tuple[IdentitySettings, ...]
+    default_identity: str
+    listen: str = DEFAULT_LISTEN
+    redis_url: str | None = None
+    kek_file: Path | None = None
+    insecure: bool = False
+    assertion_ttl: float = 60.0
+    refresh_margin: float = 30.0
+    thread_task_ttl: float | None = 24 * 3600.0
+    log_level: str = "info"
+    grace_period: float = 10.0
+    stats_interval: float = 60.0
+    registration_deadline: float = 45.0
+    agent_version: str = __version__
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    def identity(self, name: str) -> IdentitySettings:
+        """The identity called ``name``."""
+        for identity in self.identities:
+            if identity.name == name:
+                return identity
+        raise ConfigError(f"identity {name!r} is not configured")
+
+
+# -- value parsers ---------------------------------------------------------------------------------
+
+
+def _bool(setting: str, value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ConfigError(f"{setting}: expected true or false, got {value!r}")
+
+
+def _seconds(setting: str, value: object, *, minimum: float = 0.0) -> float:
+    try:
+        seconds = float(str(value).strip().removesuffix("s"))
+    except ValueError as exc:
+        raise ConfigError(f"{setting}: expected a number of seconds, got {value!r}") from exc
+    if not seconds > minimum or seconds != seconds or seconds == float("inf"):
+        raise ConfigError(f"{setting}: must be a finite number greater than {minimum:g}")
+    return seconds
+
+
+def _listen(setting: str, value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{setting}: expected HOST:PORT, got {value!r}")
+    return value
+
+
+def _url(setting: str, value: str) -> str:
+    try:
+        host_of(value)
+    except UrlError as exc:
+        raise ConfigError(f"{setting}: {exc.message}") from exc
+    return value.rstrip("/")
+
+
+def _hosts(setting: str, value: object) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        raise ConfigError(f"{setting}: expected a list of host names")
+    hosts = tuple(str(item).strip().lower() for item in items if str(item).strip())
+    for host in hosts:
+        if "/" in host or ":" in host or " " in host:
+            raise ConfigError(f"{setting}: {host!r} is not a host name")
+    return hosts
+
+
+def _path(setting: str, value: object, *, must_exist: bool = True) -> Path:
+    path = Path(str(value)).expanduser()
+    if must_exist and not path.is_file():
+        raise ConfigError(f"{setting}: file {str(path)!r} does not exist")
+    return path
+
+
+def _identity(name: str, table: Mapping[str, Any], where: str) -> IdentitySettings:
+    if not IDENTITY_NAME.fullmatch(name):
+        raise ConfigError(
+            f"{where}: identity name {name!r} must be 1-64 characters of [A-Za-z0-9_.-]"
+        )
+    known = {
+        "controlplane_url",
+        "profile",
+        "enabled",
+        "use_agent_identity",
+        "account_id",
+        "user_id",
+        "fedramp",
+        "supported_hosts",
+        "bearer_token_file",
+        "authapi_url",
+    }
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)}")
+    profile_text = str(table.get("profile", Profile.CHATGPT_BACKEND.value))
+    try:
+        profile = Profile(profile_text)
+    except ValueError as exc:
+        choices = ", ".join(p.value for p in Profile)
+        raise ConfigError(
+            f"{where}.profile: expected one of {choices}, got {profile_text!r}"
+        ) from exc
+    enabled = table.get("enabled", table.get("use_agent_identity", True))
+    token_file = table.get("bearer_token_file")
+    authapi = table.get("authapi_url")
+    return IdentitySettings(
+        name=name,
+        controlplane_url=_url(
+            f"{where}.controlplane_url",
+            str(table.get("controlplane_url", DEFAULT_CONTROLPLANE_URL)),
+        ),
+        profile=profile,
+        enabled=_bool(f"{where}.enabled", enabled),
+        account_id=str(table["account_id"]).strip() or None if table.get("account_id") else None,
+        user_id=str(table["user_id"]).strip() or None if table.get("user_id") else None,
+        fedramp=_bool(f"{where}.fedramp", table.get("fedramp", False)),
+        supported_hosts=_hosts(f"{where}.supported_hosts", table.get("supported_hosts", ())),
+        bearer_token_file=_path(f"{where}.bearer_token_file", token_file) if token_file else None,
+        authapi_url=_url(f"{where}.authapi_url", str(authapi)) if authapi else None,
+    )
+
+
+# -- loading ---------------------------------------------------------------------------------------
+
+_ENV_IDENTITY_KEYS: Final = {
+    "BROKER_CONTROLPLANE_URL": "controlplane_url",
+    "BROKER_PROTOCOL": "profile",
+    "BROKER_USE_AGENT_IDENTITY": "enabled",
+    "BROKER_ACCOUNT_ID": "account_id",
+    "BROKER_USER_ID": "user_id",
+    "BROKER_FEDRAMP": "fedramp",
+    "BROKER_SUPPORTED_HOSTS": "supported_hosts",
+    "BROKER_BEARER_TOKEN_FILE": "bearer_token_file",
+    "BROKER_AUTHAPI_URL": "authapi_url",
+}
+_ENV_GLOBAL_KEYS: Final = {
+    "BROKER_LISTEN": "listen",
+    "BROKER_REDIS_URL": "redis_url",
+    "BROKER_KEK_FILE": "kek_file",
+    "BROKER_INSECURE": "insecure",
+    "BROKER_ASSERTION_TTL": "assertion_ttl",
+    "BROKER_REFRESH_MARGIN": "refresh_margin",
+    "BROKER_THREAD_TASK_TTL": "thread_task_ttl",
+    "BROKER_LOG_LEVEL": "log_level",
+    "BROKER_GRACE_PERIOD": "grace_period",
+    "BROKER_STATS_INTERVAL": "stats_interval",
+    "BROKER_IDENTITY": "default_identity",
+}
+
+
+def load_settings(
+    env: Mapping[str, str], overrides: Mapping[str, object] | None = None
+) -> Settings:
+    """Build :class:`Settings` from the environment, the TOML file and CLI ``overrides``.
+
+    Args:
+        env: the process environment (``os.environ``).
+        overrides: values from command-line flags, keyed by setting name (``listen``, ``redis_url``…);
+            ``None`` values are ignored.
+
+    Raises:
+        ConfigError: a setting is invalid; the message names it.
+    """
+    values: dict[str, Any] = {}
+    identity_tables: dict[str, dict[str, Any]] = {}
+    config_path = env.get("BROKER_CONFIG")
+    if config_path:
+        path = _path("BROKER_CONFIG", config_path)
+        try:
+            document = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"BROKER_CONFIG: {path} is not valid TOML: {exc}") from exc
+        identities = document.pop("identities", {})
+        if not isinstance(identities, dict):
+            raise ConfigError("BROKER_CONFIG: [identities] must be a table of tables")
+        for name, table in identities.items():
+            if not isinstance(table, dict):
+                raise ConfigError(f"BROKER_CONFIG: identities.{name} must be a table")
+            identity_tables[name] = table
+        values.update(document)
+    for variable, setting in _ENV_GLOBAL_KEYS.items():
+        if env.get(variable, "") != "":
+            values[setting] = env[variable]
+    env_identity: dict[str, Any] = {
+        setting: env[variable]
+        for variable, setting in _ENV_IDENTITY_KEYS.items()
+        if env.get(variable, "") != ""
+    }
+    for setting, value in (overrides or {}).items():
+        if value is not None:
+            (env_identity if setting in _ENV_IDENTITY_KEYS.values() else values)[setting] = value
+    return _build(values, identity_tables, env_identity)
+
+
+def _build(
+    values: Mapping[str, Any],
+    identity_tables: Mapping[str, Mapping[str, Any]],
+    env_identity: Mapping[str, Any],
+) -> Settings:
+    known = set(_ENV_GLOBAL_KEYS.values()) | {"registration_deadline"}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"BROKER_CONFIG: unknown setting(s) {', '.join(unknown)}")
+    default_name = str(values.get("default_identity", "") or "")
+    if identity_tables:
+        if env_identity:
+            raise ConfigError(
+                "BROKER_CONFIG defines [identities]; per-identity environment variables "
+                f"({', '.join(sorted(env_identity))}) would be ambiguous, set them in the file"
+            )
+        identities = tuple(
+            _identity(name, table, f"identities.{name}") for name, table in identity_tables.items()
+        )
+        default_name = default_name or identities[0].name
+    else:
+        default_name = default_name or "default"
+        identities = (_identity(default_name, env_identity, "BROKER"),)
+    if default_name not in {i.name for i in identities}:
+        raise ConfigError(f"BROKER_IDENTITY: {default_name!r} is not a configured identity")
+
+    ttl = _seconds("BROKER_ASSERTION_TTL", values.get("assertion_ttl", 60))
+    if ttl >= SKEW_WINDOW_SECONDS:
+        raise ConfigError(
+            f"BROKER_ASSERTION_TTL: {ttl:g}s is at or above the control plane's "
+            f"{SKEW_WINDOW_SECONDS:g}s skew window; use a shorter TTL"
+        )
+    if ttl < 2:
+        raise ConfigError("BROKER_ASSERTION_TTL: must be at least 2 seconds")
+    margin = _seconds("BROKER_REFRESH_MARGIN", values.get("refresh_margin", ttl / 2))
+    if margin >= ttl:
+        raise ConfigError("BROKER_REFRESH_MARGIN: must be shorter than BROKER_ASSERTION_TTL")
+    thread_ttl_raw = values.get("thread_task_ttl", 24 * 3600)
+    thread_ttl = (
+        None
+        if str(thread_ttl_raw).strip().lower() in ("0", "none", "never")
+        else _seconds("BROKER_THREAD_TASK_TTL", thread_ttl_raw)
+    )
+    log_level = str(values.get("log_level", "info")).lower()
+    if log_level not in ("debug", "info", "warning", "error", "critical"):
+        raise ConfigError(
+            f"BROKER_LOG_LEVEL: expected debug, info, warning or error, got {log_level!r}"
+        )
+    redis_url = str(values.get("redis_url") or "").strip() or None
+    if redis_url and not redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError("BROKER_REDIS_URL: expected a redis://, rediss:// or unix:// URL")
+    kek = values.get("kek_file")
+    return Settings(
+        identities=identities,
+        default_identity=default_name,
+        listen=_listen("BROKER_LISTEN", str(values.get("listen", DEFAULT_LISTEN))),
+        redis_url=redis_url,
+        kek_file=_path("BROKER_KEK_FILE", kek) if kek else None,
+        insecure=_bool("BROKER_INSECURE", values.get("insecure", False)),
+        assertion_ttl=ttl,
+        refresh_margin=margin,
+        thread_task_ttl=thread_ttl,
+        log_level=log_level,
+        grace_period=_seconds("BROKER_GRACE_PERIOD", values.get("grace_period", 10)),
+        stats_interval=_seconds("BROKER_STATS_INTERVAL", values.get("stats_interval", 60)),
+        registration_deadline=_seconds(
+            "registration_deadline", values.get("registration_deadline", 45)
+        ),
+    )

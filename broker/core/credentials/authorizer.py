@@ -1,0 +1,461 @@
+"""The decision: which header a worker gets, and why (protocol §8; DESIGN §3, §4).
+
+Theory of operation
+-------------------
+``authorize`` answers one question for (identity, thread, mode):
+
+* ``BEARER_ONLY`` always gets the account's Bearer (``REQUESTED``, §8.2).
+* Agent identity switched off gets Bearer (``DISABLED``, §8.1.1).
+* The hot path: an in-process L1 entry for (identity, slot) that stays valid long enough is
+  returned at once: no store round trip, no signature.
+* Background calls to a host outside the supported list get Bearer (``UNSUPPORTED_HOST``, §3.2);
+  thread calls have no host check (§3.2).
+* No account binding, or an identity that cannot be established: Bearer (``IDENTITY_UNAVAILABLE``,
+  §8.1.3/4, §7.1).
+* The slot's task cannot be registered: the background gets Bearer (``TASK_REGISTRATION_UNAVAILABLE``,
+  §8.1.5); a thread gets UNAVAILABLE, never a silent Bearer (§8.3).
+* Otherwise an assertion: the L2 (store) copy when it is fresh enough, else one minted now and offered
+  to the store, first writer wins, so replicas converge on one assertion per window.
+* The store being unreachable is never papered over with a Bearer: it is UNAVAILABLE, so no replica
+  registers a second background task while the shared state is out of sight.
+
+An assertion is handed out from ``issued_at`` until ``issued_at + ttl - refresh_margin``; a caller can
+ask for a longer guaranteed remainder with ``min_remaining``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import structlog
+
+from broker.core.credentials.identity import IdentityManager
+from broker.core.credentials.model import (
+    Authorization,
+    CachedAssertion,
+    FallbackReason,
+    IdentityRecord,
+    Mode,
+    Scheme,
+    TaskRecord,
+    task_slot,
+)
+from broker.core.credentials.ports import Clock, Store
+from broker.core.credentials.singleflight import SingleFlight
+from broker.core.credentials.spec import IdentityRuntime, validate_identity_name, validate_thread_id
+from broker.core.credentials.tasks import TaskRegistry
+from broker.core.protocol.assertion import build_assertion, parse_assertion
+from broker.errors import (
+    BrokerError,
+    ControlPlaneError,
+    IdentityUnusable,
+    InvalidArgument,
+    NoBearerToken,
+    ProtocolError,
+    TaskUnavailable,
+    UnknownIdentity,
+)
+from broker.events import Event
+from broker.secrets import Secret
+
+log = structlog.get_logger("broker.authorizer")
+
+# Errors on the way to an assertion that the protocol answers with a Bearer fallback (§8.1).
+_FALLBACK_ERRORS = (ControlPlaneError, ProtocolError, IdentityUnusable, NoBearerToken)
+_BEARER_RECHECK_SECONDS = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """The outcome of a rejection report."""
+
+    authorization: Authorization
+    replaced: bool
+
+
+@dataclass(slots=True)
+class _Entry:
+    authorization: Authorization
+    serve_until: datetime
+
+
+class Authorizer:
+    """Issues headers for every configured identity; one per process, built in ``app.py``."""
+
+    def __init__(
+        self,
+        *,
+        identities: Mapping[str, IdentityRuntime],
+        default_identity: str,
+        store: Store,
+        clock: Clock,
+        identity_manager: IdentityManager,
+        tasks: TaskRegistry,
+        l1_max_entries: int = 100_000,
+    ) -> None:
+        """Args:
+        identities: configured identities by name.
+        default_identity: the name used when a request names none.
+        store: shared state.
+        clock: injected time.
+        identity_manager: establishes identities.
+        tasks: finds and registers tasks.
+        l1_max_entries: bound of the in-process cache (oldest entries are evicted).
+        """
+        if default_identity not in identities:
+            raise ValueError(f"default identity {default_identity!r} is not configured")
+        self._identities = dict(identities)
+        self._default = default_identity
+        self._store = store
+        self._clock = clock
+        self._identity_manager = identity_manager
+        self._tasks = tasks
+        self._l1: dict[tuple[str, str], _Entry] = {}
+        self._l1_max = l1_max_entries
+        self._flights: SingleFlight[tuple[str, str, float], Authorization] = SingleFlight()
+        self._replacements: SingleFlight[tuple[str, str, str], Rejection] = SingleFlight()
+        self._changed: dict[tuple[str, str], asyncio.Event] = {}
+        self.counters: Counter[str] = Counter()
+        """Cumulative counts for ``broker.stats``: cache levels, schemes and fallback reasons."""
+
+    # -- lookups -----------------------------------------------------------------------------------
+
+    @property
+    def identity_names(self) -> list[str]:
+        """Configured identity names, default first."""
+        return [self._default, *sorted(n for n in self._identities if n != self._default)]
+
+    def runtime(self, name: str) -> IdentityRuntime:
+        """The configured identity called ``name`` (empty = the default).
+
+        Raises:
+            InvalidArgument: the name is malformed.
+            UnknownIdentity: no such identity is configured.
+        """
+        if not name:
+            name = self._default
+        validate_identity_name(name)
+        runtime = self._identities.get(name)
+        if runtime is None:
+            raise UnknownIdentity(f"identity {name!r} is not configured")
+        return runtime
+
+    # -- authorize ---------------------------------------------------------------------------------
+
+    async def authorize(
+        self,
+        identity: str = "",
+        thread_id: str = "",
+        mode: Mode = Mode.DEFAULT,
+        min_remaining: float = 0.0,
+    ) -> Authorization:
+        """The header a worker should send now (see the module docstring for the rules).
+
+        Args:
+            identity: configured identity name; empty for the default.
+            thread_id: empty for the background task.
+            mode: ``BEARER_ONLY`` for bootstrap-style calls.
+            min_remaining: seconds the returned header must stay valid at least.
+
+        Raises:
+            InvalidArgument: a malformed field.
+            UnknownIdentity: the identity is not configured.
+            NoBearerToken: a Bearer is due and the account has none.
+            TaskUnavailable: a thread's task cannot be registered.
+            StoreUnavailable: shared state is unreachable and nothing valid is cached.
+        """
+        runtime = self.runtime(identity)
+        spec = runtime.spec
+        validate_thread_id(thread_id)
+        if min_remaining < 0 or min_remaining > spec.assertion_ttl - spec.refresh_margin:
+            raise InvalidArgument(
+                "min_remaining must be between 0 and "
+                f"{spec.assertion_ttl - spec.refresh_margin:g} seconds for identity {spec.name!r}"
+            )
+        if mode is Mode.BEARER_ONLY:
+            return await self._bearer(runtime, FallbackReason.REQUESTED, thread_id)
+        if not spec.enabled:
+            return await self._bearer(runtime, FallbackReason.DISABLED, thread_id)
+        slot = task_slot(thread_id)
+        needed = timedelta(seconds=max(min_remaining, 0.0))
+        entry = self._l1.get((spec.name, slot))
+        if entry is not None and self._clock.now() + needed < entry.serve_until:
+            self.counters["l1_hit"] += 1
+            return entry.authorization
+        self.counters["l1_miss"] += 1
+        if not thread_id and not spec.supported_host:
+            return await self._bearer(runtime, FallbackReason.UNSUPPORTED_HOST, thread_id)
+        return await self._flights.do(
+            (spec.name, slot, min_remaining),
+            lambda: self._resolve(runtime, thread_id, slot, needed),
+        )
+
+    async def _resolve(
+        self, runtime: IdentityRuntime, thread_id: str, slot: str, needed: timedelta
+    ) -> Authorization:
+        spec = runtime.spec
+        if not spec.account_id:
+            return await self._bearer(runtime, FallbackReason.IDENTITY_UNAVAILABLE, thread_id)
+        try:
+            identity = await self._identity_manager.current(runtime)
+        except _FALLBACK_ERRORS as exc:
+            return await self._fallback(
+                runtime, FallbackReason.IDENTITY_UNAVAILABLE, thread_id, exc
+            )
+        try:
+            task = await self._tasks.task_for(runtime, identity, slot)
+        except _FALLBACK_ERRORS as exc:
+            if thread_id:
+                log.warning(
+                    Event.AUTHORIZATION_FAILED,
+                    identity=spec.name,
+                    thread_id=thread_id,
+                    reason=exc.reason,
+                    detail=exc.message,
+                )
+                raise TaskUnavailable(
+                    f"the task of thread {thread_id!r} could not be registered ({exc.reason}); "
+                    "thread calls do not fall back to Bearer, retry later"
+                ) from exc
+            return await self._fallback(
+                runtime, FallbackReason.TASK_REGISTRATION_UNAVAILABLE, thread_id, exc
+            )
+        return await self._assertion(runtime, identity, task, needed)
+
+    async def _assertion(
+        self,
+        runtime: IdentityRuntime,
+        identity: IdentityRecord,
+        task: TaskRecord,
+        needed: timedelta,
+    ) -> Authorization:
+        spec = runtime.spec
+        now = self._clock.now()
+        margin = timedelta(seconds=spec.refresh_margin)
+        cached = await self._store.load_assertion(spec.name, task.task_id)
+        if (
+            cached is None
+            or cached.agent_runtime_id != identity.agent_runtime_id
+            or now + needed >= cached.expires_at - margin
+        ):
+            envelope = build_assertion(
+                identity.key, identity.agent_runtime_id, task.agent_runtime_id, task.task_id, now
+            )
+            issued_at = envelope.issued_at()
+            minted = CachedAssertion(
+                header_value=Secret(envelope.header_value()),
+                agent_runtime_id=identity.agent_runtime_id,
+                task_id=task.task_id,
+                issued_at=issued_at,
+                expires_at=issued_at + timedelta(seconds=spec.assertion_ttl),
+            )
+            ttl = (minted.expires_at - margin - now).total_seconds()
+            cached = await self._store.save_assertion(spec.name, minted, ttl)
+            if cached.agent_runtime_id != identity.agent_runtime_id:
+                cached = minted
+            self.counters["assertion_minted"] += 1
+        else:
+            self.counters["l2_hit"] += 1
+        authorization = Authorization(
+            header_value=cached.header_value,
+            scheme=Scheme.AGENT_ASSERTION,
+            identity=spec.name,
+            agent_runtime_id=identity.agent_runtime_id,
+            task_id=task.task_id,
+            task_kind=task.kind,
+            issued_at=cached.issued_at,
+            expires_at=cached.expires_at,
+            companion_headers=spec.companion_headers(),
+            thread_id=task.thread_id or "",
+        )
+        self._remember(spec.name, task.slot, authorization, cached.expires_at - margin)
+        return authorization
+
+    async def _fallback(
+        self,
+        runtime: IdentityRuntime,
+        reason: FallbackReason,
+        thread_id: str,
+        exc: BrokerError,
+    ) -> Authorization:
+        log.warning(
+            Event.FALLBACK_BEARER,
+            identity=runtime.spec.name,
+            fallback_reason=reason.value,
+            error_reason=exc.reason,
+            detail=exc.message,
+        )
+        return await self._bearer(runtime, reason, thread_id, warned=True)
+
+    async def _bearer(
+        self,
+        runtime: IdentityRuntime,
+        reason: FallbackReason,
+        thread_id: str,
+        *,
+        warned: bool = False,
+    ) -> Authorization:
+        spec = runtime.spec
+        token = await runtime.bearer.token()
+        if not token:
+            raise NoBearerToken(
+                f"identity {spec.name!r} needs a Bearer ({reason.value}) but the account's "
+                "bearer token is missing or empty"
+            )
+        self.counters[f"bearer.{reason.value}"] += 1
+        if not warned and reason is not FallbackReason.REQUESTED:
+            log.debug(Event.FALLBACK_BEARER, identity=spec.name, fallback_reason=reason.value)
+        return Authorization(
+            header_value=Secret(f"Bearer {token.reveal()}"),
+            scheme=Scheme.BEARER,
+            identity=spec.name,
+            fallback_reason=reason,
+            companion_headers=spec.companion_headers(),
+            thread_id=thread_id,
+        )
+
+    # -- L1 and change notification ----------------------------------------------------------------
+
+    def _remember(
+        self, name: str, slot: str, authorization: Authorization, serve_until: datetime
+    ) -> None:
+        if len(self._l1) >= self._l1_max:
+            self._l1.pop(next(iter(self._l1)))
+        self._l1[(name, slot)] = _Entry(authorization, serve_until)
+
+    def serve_until(self, authorization: Authorization) -> datetime | None:
+        """When the broker stops handing ``authorization`` out (``None`` for Bearer)."""
+        entry = self._l1.get((authorization.identity, task_slot(authorization.thread_id)))
+        if entry is None or entry.authorization is not authorization:
+            return None
+        return entry.serve_until
+
+    def drop(self, name: str, slot: str) -> None:
+        """Forget the L1 entry of (identity, slot) and wake its watchers (an invalidation)."""
+        self._l1.pop((name, slot), None)
+        event = self._changed.pop((name, slot), None)
+        if event is not None:
+            event.set()
+
+    def drop_identity(self, name: str) -> None:
+        """Forget every L1 entry of an identity and the cached record (rotation)."""
+        self._identity_manager.forget(name)
+        for key in [k for k in self._l1 if k[0] == name]:
+            self.drop(*key)
+
+    async def follow_invalidations(self) -> None:
+        """Apply every replica's invalidations to this process's L1 until cancelled."""
+        async for name, slot in self._store.invalidations():
+            self.drop(name, slot)
+
+    # -- watch -------------------------------------------------------------------------------------
+
+    async def watch(
+        self,
+        identity: str = "",
+        thread_id: str = "",
+        mode: Mode = Mode.DEFAULT,
+        min_remaining: float = 0.0,
+    ) -> AsyncIterator[Authorization]:
+        """Yield the current header, then a fresh one before each expiry or after an invalidation."""
+        runtime = self.runtime(identity)
+        slot = task_slot(thread_id)
+        while True:
+            authorization = await self.authorize(identity, thread_id, mode, min_remaining)
+            yield authorization
+            changed = self._changed.setdefault((runtime.spec.name, slot), asyncio.Event())
+            until = self.serve_until(authorization)
+            if until is None:
+                delay = _BEARER_RECHECK_SECONDS
+            else:
+                delay = (until - self._clock.now()).total_seconds() - min_remaining
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), timeout=max(delay, 0.05))
+
+    # -- tasks, identities, rejections ---------------------------------------------------------------
+
+    async def ensure_task(
+        self, identity: str, thread_id: str
+    ) -> tuple[IdentityRuntime, TaskRecord]:
+        """Register (or find) a thread's task ahead of its first use (§7.1 prewarm).
+
+        Raises:
+            InvalidArgument: ``thread_id`` is empty or malformed.
+            IdentityUnusable: agent identity is off or the identity has no binding.
+            TaskUnavailable: the task cannot be registered now.
+        """
+        runtime = self.runtime(identity)
+        if not thread_id:
+            raise InvalidArgument("thread_id is required")
+        validate_thread_id(thread_id)
+        if not runtime.spec.enabled:
+            raise IdentityUnusable(f"agent identity is disabled for identity {runtime.spec.name!r}")
+        try:
+            record = await self._identity_manager.current(runtime)
+            task = await self._tasks.task_for(runtime, record, task_slot(thread_id))
+        except _FALLBACK_ERRORS as exc:
+            raise TaskUnavailable(
+                f"the task of thread {thread_id!r} could not be registered ({exc.reason}): "
+                f"{exc.message}"
+            ) from exc
+        return runtime, task
+
+    async def describe(
+        self, identity: str
+    ) -> tuple[IdentityRuntime, IdentityRecord | None, TaskRecord | None]:
+        """Public facts: the runtime, its stored record (if registered) and background task."""
+        runtime = self.runtime(identity)
+        record = await self._identity_manager.peek(runtime)
+        task = await self._tasks.peek(record, task_slot("")) if record else None
+        return runtime, record, task
+
+    async def report_rejection(
+        self, identity: str, thread_id: str, header_value: Secret, http_status: int
+    ) -> Rejection:
+        """Handle a 401/403 on a header this broker issued: replace the task once, fleet-wide.
+
+        Raises:
+            InvalidArgument: a status other than 401/403, or a header that is not ours to judge.
+        """
+        runtime = self.runtime(identity)
+        spec = runtime.spec
+        validate_thread_id(thread_id)
+        if http_status not in (401, 403):
+            raise InvalidArgument("http_status must be 401 or 403")
+        value = header_value.reveal()
+        if value.startswith("Bearer "):
+            # The account's token is refreshed outside the broker (token file); hand out the current one.
+            return Rejection(await self.authorize(spec.name, thread_id), replaced=False)
+        try:
+            envelope = parse_assertion(value)
+        except ProtocolError as exc:
+            raise InvalidArgument(f"header_value: {exc.message}") from exc
+        slot = task_slot(thread_id)
+
+        async def replace() -> Rejection:
+            record = await self._identity_manager.current(runtime)
+            current = await self._tasks.peek(record, slot)
+            replaced = False
+            if (
+                current is not None
+                and envelope.agent_runtime_id == record.agent_runtime_id
+                and current.task_id == envelope.task_id
+            ):
+                log.warning(
+                    Event.TASK_REJECTED,
+                    identity=spec.name,
+                    agent_runtime_id=record.agent_runtime_id,
+                    task_id=current.task_id,
+                    task_kind=current.kind.value,
+                    http_status=http_status,
+                )
+                replaced = await self._tasks.invalidate(record, current)
+            self.drop(spec.name, slot)
+            return Rejection(await self.authorize(spec.name, thread_id), replaced=replaced)
+
+        return await self._replacements.do((spec.name, slot, envelope.task_id), replace)

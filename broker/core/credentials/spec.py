@@ -1,0 +1,107 @@
+"""What the core needs to know about one configured identity (built by ``broker.config``)."""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+from broker.core.credentials.ports import BearerSource, ControlPlane
+from broker.core.protocol.urls import is_supported_host
+from broker.errors import InvalidArgument
+
+IDENTITY_NAME: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+MAX_THREAD_ID_LEN: Final = 256
+
+
+class Profile(enum.Enum):
+    """The protocol shape an identity speaks (protocol §0.1, §15)."""
+
+    CHATGPT_BACKEND = "chatgpt-backend"
+    AUTHAPI = "authapi"
+
+
+@dataclass(frozen=True, slots=True)
+class IdentitySpec:
+    """Settings of one identity, as the credential core uses them.
+
+    Attributes:
+        name: the broker's name for it.
+        controlplane_url: the configured ChatGPT base URL.
+        profile: protocol shape.
+        enabled: ``use_agent_identity``; off means Bearer with reason DISABLED (§8.1.1).
+        account_id: the ChatGPT account (workspace) to bind to; ``None`` means no binding (§9.1).
+        user_id: the ChatGPT user, when known (§9.3 rule 3).
+        fedramp: send ``X-OpenAI-Fedramp: true`` with every header (§6.2).
+        extra_hosts: hosts added to the reference supported-host list (§3.2).
+        assertion_ttl: seconds an assertion is handed out after its timestamp.
+        refresh_margin: an assertion is no longer handed out this long before it expires.
+        thread_task_ttl: seconds a thread task is kept; ``None`` keeps it until rejected.
+        abom: the agent bill of materials sent at registration (§4.4).
+    """
+
+    name: str
+    controlplane_url: str
+    profile: Profile = Profile.CHATGPT_BACKEND
+    enabled: bool = True
+    account_id: str | None = None
+    user_id: str | None = None
+    fedramp: bool = False
+    extra_hosts: tuple[str, ...] = ()
+    assertion_ttl: float = 60.0
+    refresh_margin: float = 30.0
+    thread_task_ttl: float | None = 24 * 3600.0
+    abom: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def supported_host(self) -> bool:
+        """Whether background assertions may go to this control plane (§3.2)."""
+        return is_supported_host(self.controlplane_url, self.extra_hosts)
+
+    def companion_headers(self) -> dict[str, str]:
+        """Headers a worker sends with any header of this identity (§6.2, §15)."""
+        headers: dict[str, str] = {}
+        if self.account_id:
+            headers["ChatGPT-Account-ID"] = self.account_id
+        if self.fedramp:
+            headers["X-OpenAI-Fedramp"] = "true"
+        return headers
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityRuntime:
+    """An identity's spec with the adapters that serve it."""
+
+    spec: IdentitySpec
+    control_plane: ControlPlane
+    bearer: BearerSource
+
+
+def validate_identity_name(name: str, field_name: str = "identity") -> str:
+    """Return ``name`` if it is a valid identity name.
+
+    Raises:
+        InvalidArgument: not 1-64 characters of ``[A-Za-z0-9_.-]``.
+    """
+    if not IDENTITY_NAME.fullmatch(name):
+        raise InvalidArgument(
+            f"{field_name} must be 1-64 characters of A-Z, a-z, 0-9, '_', '.', '-'"
+        )
+    return name
+
+
+def validate_thread_id(thread_id: str, field_name: str = "thread_id") -> str:
+    """Return ``thread_id`` if it is printable ASCII without whitespace, at most 256 characters.
+
+    Raises:
+        InvalidArgument: too long, or a character outside ``!``..``~``.
+    """
+    if len(thread_id) > MAX_THREAD_ID_LEN:
+        raise InvalidArgument(f"{field_name} is longer than {MAX_THREAD_ID_LEN} characters")
+    if any(not ("!" <= ch <= "~") for ch in thread_id):
+        raise InvalidArgument(
+            f"{field_name} must be printable ASCII without whitespace or control characters"
+        )
+    return thread_id

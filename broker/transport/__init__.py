@@ -1,0 +1,1 @@
+"""Transports: how workers reach the credential core."""

@@ -1,0 +1,1 @@
+"""The gRPC transport: servicers, interceptors, status mapping and server assembly."""
