@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import structlog
 
-pytest_plugins = ["tests.fixtures.redis", "tests.fixtures.emulator"]
+pytest_plugins = ["tests.fixtures.redis", "tests.fixtures.emulator", "tests.fixtures.broker"]
 
 
 class ManualClock:
@@ -59,7 +59,7 @@ def fixture_log_output() -> Iterator[list[dict[str, Any]]]:
         processors=[*shared_processors(), capture],
         cache_logger_on_first_use=False,
     )
-    yield capture.entries
+    return capture.entries
 
 
 def free_port(host: str = "127.0.0.1") -> int:

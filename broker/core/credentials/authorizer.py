@@ -458,4 +458,8 @@ class Authorizer:
             self.drop(spec.name, slot)
             return Rejection(await self.authorize(spec.name, thread_id), replaced=replaced)
 
-        return await self._replacements.do((spec.name, slot, envelope.task_id), replace)
+        outcome, leader = await self._replacements.do_and_tell(
+            (spec.name, slot, envelope.task_id), replace
+        )
+        # Reports that joined another report's flight did not cause the replacement themselves.
+        return outcome if leader else Rejection(outcome.authorization, replaced=False)

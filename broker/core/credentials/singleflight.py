@@ -59,7 +59,13 @@ class SingleFlight(Generic[K, V]):
         Returns:
             The flight's value. Exceptions propagate to every caller of that flight.
         """
+        value, _leader = await self.do_and_tell(key, produce)
+        return value
+
+    async def do_and_tell(self, key: K, produce: Callable[[], Awaitable[V]]) -> tuple[V, bool]:
+        """Like :meth:`do`, and also say whether this caller started the flight (the leader)."""
         task = self._flights.get(key)
+        leader = task is None
         if task is None:
 
             async def run() -> V:
@@ -68,7 +74,7 @@ class SingleFlight(Generic[K, V]):
             task = asyncio.get_running_loop().create_task(run())
             self._flights[key] = task
             task.add_done_callback(lambda _t: self._flights.pop(key, None))
-        return await asyncio.shield(task)
+        return await asyncio.shield(task), leader
 
 
 async def fleet_once(

@@ -1,0 +1,215 @@
+"""HTTP handlers of the emulator: protocol endpoints and ``/_emulator/`` test controls (protocol §12).
+
+Handlers are thin: they read headers and the JSON body, make one call on
+:class:`broker.emulator.state.EmulatorState`, and render the result. Refusals travel as
+:class:`broker.emulator.state.Rejection` and are rendered by the server's middleware as
+``{"ok": false, "reason": …, "message": …}``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Final
+
+from aiohttp import web
+from yarl import URL
+
+from broker.emulator.faults import Fault
+from broker.emulator.model import Rejection
+from broker.emulator.state import EmulatorState
+
+PREFIX: Final = "/backend-api"
+ORIGINAL_METHODS: Final = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
+
+
+def canonical_url(text: str) -> str | None:
+    """An absolute http(s) URL with host lower-cased and port explicit, or ``None`` if it is not one.
+
+    Biscuits are bound to the ``X-Original-Url`` the client names and checked against the URL the
+    request actually reached, so both sides are compared in this form (§4.1).
+    """
+    try:
+        url = URL(text)
+    except (ValueError, TypeError):
+        return None
+    if url.scheme not in ("http", "https") or not url.host or not url.is_absolute():
+        return None
+    query = f"?{url.raw_query_string}" if url.raw_query_string else ""
+    return f"{url.scheme}://{url.host.lower()}:{url.port}{url.raw_path}{query}"
+
+
+async def json_body(request: web.Request, *, empty_ok: bool = False) -> object:
+    """The decoded JSON body.
+
+    Raises:
+        Rejection: 400 ``malformed_json`` for an empty (unless ``empty_ok``) or undecodable body.
+    """
+    raw = await request.read()
+    if not raw.strip():
+        if empty_ok:
+            return {}
+        raise Rejection(400, "malformed_json", "the request body is empty")
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise Rejection(400, "malformed_json", "the request body is not valid JSON") from exc
+
+
+def _ok(payload: dict[str, object], status: int = 200) -> web.Response:
+    return web.json_response({"ok": True, **payload}, status=status)
+
+
+class ProtocolRoutes:
+    """The control-plane endpoints under ``/backend-api`` (§4.1, §4.3, §5, §12)."""
+
+    def __init__(self, state: EmulatorState, *, biscuit_ttl_seconds: float) -> None:
+        self._state = state
+        self._biscuit_ttl_seconds = biscuit_ttl_seconds
+
+    def install(self, app: web.Application) -> None:
+        """Add the routes; each resource is named after its fault/stats endpoint."""
+        router = app.router
+        router.add_resource(f"{PREFIX}/authenticate_app_v2", name="authenticate").add_route(
+            "GET", self.authenticate
+        )
+        router.add_resource(f"{PREFIX}/v1/agent/register", name="register_identity").add_route(
+            "POST", self.register_identity
+        )
+        router.add_resource(
+            PREFIX + "/v1/agent/{agent_runtime_id}/task/register", name="register_task"
+        ).add_route("POST", self.register_task)
+        protected = router.add_resource(f"{PREFIX}/protected", name="protected")
+        protected.add_route("GET", self.protected)
+        protected.add_route("POST", self.protected)
+
+    async def authenticate(self, request: web.Request) -> web.Response:
+        """``GET authenticate_app_v2``: Bearer in, single-use biscuit out (§4.1 step 1)."""
+        authorization = request.headers.get("Authorization")
+        self._state.account_for_bearer(authorization)
+        method = request.headers.get("X-Original-Method", "").strip().upper()
+        if method not in ORIGINAL_METHODS:
+            raise Rejection(400, "invalid_header", "X-Original-Method must name an HTTP method")
+        url = canonical_url(request.headers.get("X-Original-Url", "").strip())
+        if url is None:
+            raise Rejection(400, "invalid_header", "X-Original-Url must be an absolute http(s) URL")
+        biscuit = self._state.mint_biscuit(authorization, method, url)
+        return web.json_response(
+            {"ok": True, "expires_in": self._biscuit_ttl_seconds},
+            headers={"x-openai-authorization": biscuit},
+        )
+
+    async def register_identity(self, request: web.Request) -> web.Response:
+        """``POST v1/agent/register`` with a biscuit (G1, §4.1) or a Bearer (G4, §4.3)."""
+        body = await json_body(request)
+        runtime_id = self._state.register_identity(
+            biscuit=request.headers.get("X-OpenAI-Authorization"),
+            authorization=request.headers.get("Authorization"),
+            url=_request_url(request),
+            body=body,
+            fedramp_header=request.headers.get("X-OpenAI-Fedramp", "").lower() == "true",
+        )
+        return web.json_response({"agent_runtime_id": runtime_id})
+
+    async def register_task(self, request: web.Request) -> web.Response:
+        """``POST v1/agent/{id}/task/register``: signature-checked task registration (§5, §12.2)."""
+        body = await json_body(request)
+        result = self._state.register_task(
+            request.match_info["agent_runtime_id"],
+            biscuit=request.headers.get("X-OpenAI-Authorization"),
+            url=_request_url(request),
+            body=body,
+        )
+        return web.json_response(result)
+
+    async def protected(self, request: web.Request) -> web.Response:
+        """A protected resource: accepts a valid AgentAssertion or a known Bearer (§6, §12.3)."""
+        verified = self._state.verify(
+            request.headers.get("Authorization"), request.headers.get("ChatGPT-Account-ID")
+        )
+        payload: dict[str, object] = {
+            "scheme": verified.scheme,
+            "account_id": verified.account.account_id,
+        }
+        if verified.agent_runtime_id is not None:
+            payload["agent_runtime_id"] = verified.agent_runtime_id
+            payload["task_id"] = verified.task_id
+        return _ok(payload)
+
+
+class ControlRoutes:
+    """Test controls under ``/_emulator/``, so other processes can drive the emulator."""
+
+    def __init__(self, state: EmulatorState) -> None:
+        self._state = state
+
+    def install(self, app: web.Application) -> None:
+        """Add the control routes."""
+        router = app.router
+        router.add_get("/_emulator/stats", self.stats)
+        router.add_post("/_emulator/faults", self.faults)
+        router.add_post("/_emulator/revoke", self.revoke)
+        router.add_post("/_emulator/reset", self.reset)
+        router.add_get("/_emulator/tasks", self.tasks)
+        router.add_get("/_emulator/identities", self.identities)
+
+    async def stats(self, _request: web.Request) -> web.Response:
+        """Counters since start or the last reset."""
+        return web.json_response(self._state.stats().to_json())
+
+    async def faults(self, request: web.Request) -> web.Response:
+        """Queue a fault (see :class:`broker.emulator.faults.Fault`)."""
+        try:
+            fault = Fault.from_json(await json_body(request))
+        except (TypeError, ValueError) as exc:
+            raise Rejection(400, "invalid_fault", str(exc)) from exc
+        self._state.faults.add(fault)
+        return _ok({"pending": len(self._state.faults)})
+
+    async def revoke(self, request: web.Request) -> web.Response:
+        """Revoke a task: later assertions for it are refused with ``task_revoked``."""
+        body = await json_body(request)
+        task_id = body.get("task_id") if isinstance(body, dict) else None
+        if not isinstance(task_id, str):
+            raise Rejection(400, "invalid_field", "task_id must be a string")
+        if not self._state.revoke_task(task_id):
+            raise Rejection(404, "unknown_task", "the task is not registered")
+        return _ok({"task_id": task_id})
+
+    async def reset(self, request: web.Request) -> web.Response:
+        """Clear faults and counters; with ``{"state": true}`` also identities, tasks and biscuits."""
+        body = await json_body(request, empty_ok=True)
+        state = body.get("state", False) if isinstance(body, dict) else None
+        if not isinstance(state, bool):
+            raise Rejection(400, "invalid_field", "state must be a boolean")
+        self._state.reset(state=state)
+        return _ok({"state": state})
+
+    async def tasks(self, _request: web.Request) -> web.Response:
+        """Every task as ``{agent_runtime_id, task_id, revoked}``."""
+        return web.json_response(
+            [
+                {"agent_runtime_id": t.agent_runtime_id, "task_id": t.task_id, "revoked": t.revoked}
+                for t in self._state.tasks()
+            ]
+        )
+
+    async def identities(self, _request: web.Request) -> web.Response:
+        """Every identity with its binding and how it was authorised."""
+        return web.json_response(
+            [
+                {
+                    "agent_runtime_id": i.agent_runtime_id,
+                    "account_id": i.account_id,
+                    "user_id": i.user_id,
+                    "authorised_by": i.authorised_by,
+                    "capabilities": list(i.capabilities),
+                    "fedramp_header": i.fedramp_header,
+                }
+                for i in self._state.identities()
+            ]
+        )
+
+
+def _request_url(request: web.Request) -> str:
+    # request.url is rebuilt from the Host header, exactly what a client puts in X-Original-Url.
+    return canonical_url(str(request.url)) or ""

@@ -1,0 +1,353 @@
+"""The emulated control plane's state and rules, without HTTP (protocol §4, §5, §12).
+
+Theory of operation: the HTTP layer (:mod:`broker.emulator.server`) turns each request into one call
+here with plain values (header strings, the decoded JSON body, the canonical request URL) and turns the
+result, or a :class:`Rejection`, into a response. Every rule the emulator enforces lives in this module:
+which credentials authorise which call, biscuit binding and single use, signature and skew checks,
+task ownership and revocation. All state is in memory and is only touched from the event loop with no
+``await`` between reading and writing it, so each call is atomic.
+
+The emulator's policy where the protocol leaves the server unspecified (§12, §14.3): a ±``skew_seconds``
+window on every signed timestamp, single-use biscuits valid ``biscuit_ttl_seconds``, 404 for an unknown
+runtime, 401 for bad or stale credentials, 403 when an authenticated caller acts on another account's
+identity, and ``ChatGPT-Account-ID`` (when sent) must name the identity's account.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from broker.core.credentials.ports import Clock
+from broker.core.protocol.assertion import SCHEME as ASSERTION_SCHEME
+from broker.core.protocol.assertion import parse_assertion, verify_assertion
+from broker.core.protocol.keys import parse_ssh_public_key
+from broker.core.protocol.task_id import seal_task_id
+from broker.core.protocol.task_registration import verify_task_registration
+from broker.emulator.faults import ENDPOINTS, Fault, FaultQueue
+from broker.emulator.model import (
+    EmulatorAccount,
+    EmulatorIdentity,
+    EmulatorStats,
+    EmulatorTask,
+    Rejection,
+    Verified,
+)
+from broker.errors import KeyFormatError, ProtocolError, SignatureInvalid
+
+
+@dataclass(frozen=True, slots=True)
+class _Identity:
+    public_key: bytes
+    account: EmulatorAccount
+    view: EmulatorIdentity
+
+
+@dataclass(slots=True)
+class _Task:
+    agent_runtime_id: str
+    revoked: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Biscuit:
+    method: str
+    url: str
+    account: EmulatorAccount
+    expires_at: datetime
+
+
+@dataclass(slots=True)
+class _Counters:
+    values: Counter[str] = field(default_factory=Counter)
+    by_endpoint: Counter[str] = field(default_factory=Counter)
+
+
+class EmulatorState:
+    """Identities, tasks, biscuits, faults and counters of one emulator, with the checks of §12.
+
+    Args:
+        tokens: bearer token → account it logs in as.
+        clock: time source for biscuit expiry and the skew window.
+        skew_seconds: accepted distance between a signed timestamp and the clock (§12.2, §12.3).
+        biscuit_ttl_seconds: how long a minted biscuit stays usable (§4.1).
+        plaintext_task_ids: answer task registrations with ``task_id`` instead of a sealed id (§5.2).
+        require_biscuit: refuse task registrations that carry no biscuit (G1; G2-G4 send none, §5.1).
+    """
+
+    def __init__(
+        self,
+        *,
+        tokens: Mapping[str, EmulatorAccount],
+        clock: Clock,
+        skew_seconds: float,
+        biscuit_ttl_seconds: float,
+        plaintext_task_ids: bool,
+        require_biscuit: bool,
+    ) -> None:
+        self._tokens = dict(tokens)
+        self._clock = clock
+        self._skew = timedelta(seconds=skew_seconds)
+        self._biscuit_ttl = timedelta(seconds=biscuit_ttl_seconds)
+        self._plaintext_task_ids = plaintext_task_ids
+        self._require_biscuit = require_biscuit
+        self._identities: dict[str, _Identity] = {}
+        self._tasks: dict[str, _Task] = {}
+        self._biscuits: dict[str, _Biscuit] = {}
+        self._counters = _Counters()
+        self.faults = FaultQueue()
+
+    # -- credentials ---------------------------------------------------------------------------
+
+    def account_for_bearer(self, authorization: str | None) -> EmulatorAccount:
+        """The account of an ``Authorization: Bearer <token>`` header.
+
+        Raises:
+            Rejection: 401 ``missing`` or ``unknown_token``.
+        """
+        if not authorization:
+            raise Rejection(401, "missing", "Authorization: Bearer <token> is required")
+        scheme, _, token = authorization.strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Rejection(401, "unknown_token", "Authorization is not a Bearer token")
+        account = self._tokens.get(token.strip())
+        if account is None:
+            raise Rejection(401, "unknown_token", "the bearer token is not known")
+        return account
+
+    def mint_biscuit(self, authorization: str | None, method: str, url: str) -> str:
+        """Mint a single-use biscuit for one ``method`` + ``url`` call (§4.1 step 1).
+
+        Raises:
+            Rejection: 401 for a missing or unknown bearer token.
+        """
+        account = self.account_for_bearer(authorization)
+        now = self._clock.now()
+        self._biscuits = {k: b for k, b in self._biscuits.items() if b.expires_at > now}
+        value = "bsct_" + secrets.token_urlsafe(32)
+        self._biscuits[value] = _Biscuit(method.upper(), url, account, now + self._biscuit_ttl)
+        self._counters.values["biscuits_minted"] += 1
+        return value
+
+    def consume_biscuit(self, value: str, method: str, url: str) -> EmulatorAccount:
+        """Spend a biscuit on ``method`` + ``url``; it is gone afterwards whatever the outcome.
+
+        Raises:
+            Rejection: 401 ``unknown_biscuit``, ``biscuit_expired`` or ``biscuit_mismatch``.
+        """
+        biscuit = self._biscuits.pop(value.strip(), None)
+        if biscuit is None:
+            raise Rejection(401, "unknown_biscuit", "the biscuit is unknown or already used")
+        if biscuit.expires_at <= self._clock.now():
+            raise Rejection(401, "biscuit_expired", "the biscuit has expired")
+        if biscuit.method != method.upper() or biscuit.url != url:
+            raise Rejection(
+                401, "biscuit_mismatch", "the biscuit was minted for another method or URL"
+            )
+        return biscuit.account
+
+    # -- registration --------------------------------------------------------------------------
+
+    def register_identity(
+        self,
+        *,
+        biscuit: str | None,
+        authorization: str | None,
+        url: str,
+        body: object,
+        fedramp_header: bool,
+    ) -> str:
+        """Register an agent public key; return the new ``agent_runtime_id`` (§4.1, §4.3, §12.1).
+
+        A biscuit minted for ``POST`` + ``url`` (G1) or a known Bearer token (G4) authorises it.
+
+        Raises:
+            Rejection: 401 for credentials, 400 for a malformed body or public key.
+        """
+        if biscuit:
+            account, via = self.consume_biscuit(biscuit, "POST", url), "biscuit"
+        else:
+            account, via = self.account_for_bearer(authorization), "bearer"
+        fields = _json_object(body)
+        public_key_text = fields.get("agent_public_key")
+        if not isinstance(public_key_text, str):
+            raise Rejection(400, "invalid_field", "agent_public_key must be a string")
+        try:
+            public_key = parse_ssh_public_key(public_key_text)
+        except KeyFormatError as exc:
+            raise Rejection(400, "invalid_public_key", exc.message) from exc
+        if not isinstance(fields.get("abom"), dict):
+            raise Rejection(400, "invalid_field", "abom must be an object")
+        capabilities = fields.get("capabilities")
+        if not isinstance(capabilities, list) or not all(isinstance(c, str) for c in capabilities):
+            raise Rejection(400, "invalid_field", "capabilities must be an array of strings")
+        ttl = fields.get("ttl")
+        if ttl is not None and (not isinstance(ttl, int) or isinstance(ttl, bool) or ttl <= 0):
+            raise Rejection(400, "invalid_field", "ttl must be null or a positive integer")
+        runtime_id = "agent-" + secrets.token_hex(12)
+        view = EmulatorIdentity(
+            agent_runtime_id=runtime_id,
+            account_id=account.account_id,
+            user_id=account.user_id,
+            authorised_by=via,
+            capabilities=tuple(capabilities),
+            fedramp_header=fedramp_header,
+        )
+        self._identities[runtime_id] = _Identity(public_key, account, view)
+        self._counters.values["identity_registrations"] += 1
+        return runtime_id
+
+    def register_task(
+        self, agent_runtime_id: str, *, biscuit: str | None, url: str, body: object
+    ) -> dict[str, str]:
+        """Verify a signed task registration and mint a task (§5.1, §5.2, §12.2).
+
+        Raises:
+            Rejection: 401 (credential, signature, skew), 403 (biscuit of another account),
+                404 (unknown runtime), 400 (malformed body).
+        """
+        account: EmulatorAccount | None = None
+        if biscuit:
+            account = self.consume_biscuit(biscuit, "POST", url)
+        elif self._require_biscuit:
+            raise Rejection(401, "biscuit_required", "X-OpenAI-Authorization is required")
+        identity = self._identities.get(agent_runtime_id)
+        if identity is None:
+            raise Rejection(404, "unknown_runtime", "no agent identity has this runtime id")
+        if account is not None and account != identity.account:
+            raise Rejection(403, "account_mismatch", "the identity belongs to another account")
+        fields = _json_object(body)
+        try:
+            moment = verify_task_registration(identity.public_key, agent_runtime_id, fields)
+        except SignatureInvalid as exc:
+            raise Rejection(401, "bad_signature", exc.message) from exc
+        except ProtocolError as exc:
+            raise Rejection(400, "invalid_field", exc.message) from exc
+        self._check_skew(moment)
+        task_id = "task-" + secrets.token_hex(12)
+        self._tasks[task_id] = _Task(agent_runtime_id)
+        self._counters.values["task_registrations"] += 1
+        if self._plaintext_task_ids:
+            return {"task_id": task_id}
+        return {"encrypted_task_id": seal_task_id(identity.public_key, task_id)}
+
+    # -- verification --------------------------------------------------------------------------
+
+    def verify(self, authorization: str | None, account_header: str | None) -> Verified:
+        """Check the ``Authorization`` of a call to a protected endpoint (§6, §12.3).
+
+        Raises:
+            Rejection: 401 with the reason the credential was refused.
+        """
+        try:
+            verified = self._verify(authorization, account_header)
+        except Rejection:
+            self._counters.values["verifications_failed"] += 1
+            raise
+        self._counters.values["verifications_ok"] += 1
+        return verified
+
+    def _verify(self, authorization: str | None, account_header: str | None) -> Verified:
+        verified = self._verify_credential(authorization)
+        if account_header is not None and account_header != verified.account.account_id:
+            raise Rejection(401, "account_mismatch", "ChatGPT-Account-ID names another account")
+        return verified
+
+    def _verify_credential(self, authorization: str | None) -> Verified:
+        if not authorization or not authorization.strip():
+            raise Rejection(401, "missing", "no Authorization header")
+        scheme = authorization.strip().partition(" ")[0]
+        if scheme.lower() == "bearer":
+            return Verified("Bearer", self.account_for_bearer(authorization))
+        if scheme != ASSERTION_SCHEME:
+            raise Rejection(401, "unsupported_scheme", "Authorization scheme is not supported")
+        try:
+            envelope = parse_assertion(authorization)
+        except ProtocolError as exc:
+            raise Rejection(401, "malformed", exc.message) from exc
+        identity = self._identities.get(envelope.agent_runtime_id)
+        if identity is None:
+            raise Rejection(401, "unknown_runtime", "no agent identity has this runtime id")
+        try:
+            verify_assertion(envelope, identity.public_key)
+        except SignatureInvalid as exc:
+            raise Rejection(401, "bad_signature", exc.message) from exc
+        except ProtocolError as exc:
+            raise Rejection(401, "malformed", exc.message) from exc
+        self._check_skew(envelope.issued_at())
+        task = self._tasks.get(envelope.task_id)
+        if task is None:
+            raise Rejection(401, "unknown_task", "the task is not registered")
+        if task.agent_runtime_id != envelope.agent_runtime_id:
+            raise Rejection(401, "task_runtime_mismatch", "the task belongs to another runtime")
+        if task.revoked:
+            raise Rejection(401, "task_revoked", "the task has been revoked")
+        return Verified(
+            ASSERTION_SCHEME, identity.account, envelope.agent_runtime_id, envelope.task_id
+        )
+
+    def _check_skew(self, moment: datetime) -> None:
+        if abs(self._clock.now() - moment) > self._skew:
+            raise Rejection(
+                401, "stale_timestamp", "the signed timestamp is outside the accepted window"
+            )
+
+    # -- test controls -------------------------------------------------------------------------
+
+    def count_request(self, endpoint: str) -> None:
+        """Count one request that reached a protocol endpoint."""
+        self._counters.by_endpoint[endpoint] += 1
+
+    def take_fault(self, endpoint: str) -> Fault | None:
+        """The injected fault that answers this request, if any (counted as applied)."""
+        fault = self.faults.take(endpoint)
+        if fault is not None:
+            self._counters.values["faults_applied"] += 1
+        return fault
+
+    def stats(self) -> EmulatorStats:
+        """A snapshot of the counters."""
+        values = self._counters.values
+        return EmulatorStats(
+            biscuits_minted=values["biscuits_minted"],
+            identity_registrations=values["identity_registrations"],
+            task_registrations=values["task_registrations"],
+            verifications_ok=values["verifications_ok"],
+            verifications_failed=values["verifications_failed"],
+            faults_applied=values["faults_applied"],
+            requests_by_endpoint={name: self._counters.by_endpoint[name] for name in ENDPOINTS},
+        )
+
+    def revoke_task(self, task_id: str) -> bool:
+        """Revoke a task; report whether it existed."""
+        task = self._tasks.get(task_id)
+        if task is None:
+            return False
+        task.revoked = True
+        return True
+
+    def tasks(self) -> list[EmulatorTask]:
+        """Every registered task, in registration order."""
+        return [EmulatorTask(t.agent_runtime_id, tid, t.revoked) for tid, t in self._tasks.items()]
+
+    def identities(self) -> list[EmulatorIdentity]:
+        """Every registered identity, in registration order."""
+        return [identity.view for identity in self._identities.values()]
+
+    def reset(self, *, state: bool = False) -> None:
+        """Clear faults and counters; with ``state`` also identities, tasks and biscuits."""
+        self.faults.clear()
+        self._counters = _Counters()
+        if state:
+            self._identities.clear()
+            self._tasks.clear()
+            self._biscuits.clear()
+
+
+def _json_object(body: object) -> dict[str, object]:
+    if not isinstance(body, dict):
+        raise Rejection(400, "invalid_body", "the request body must be a JSON object")
+    return {str(k): v for k, v in body.items()}
