@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import grpc
 import httpx
+import stamina.instrumentation
 import structlog
 from grpc_health.v1 import health, health_pb2
 
@@ -130,6 +131,9 @@ class BrokerApp:
         random_bytes: CSPRNG for new keys.
         """
         self.settings = settings
+        # The control-plane client logs its own controlplane.retry events (in the catalogue);
+        # stamina's default hook would add an uncatalogued duplicate line per retry.
+        stamina.instrumentation.set_on_retry_hooks([])
         self.clock: Clock = clock or SystemClock()
         self._owns_store = store is None
         self.store: Store = store if store is not None else build_store(settings, self.clock)
