@@ -30,13 +30,19 @@ from broker.adapters.store.embedded import EmbeddedStore
 from broker.adapters.store.redis import RedisStore
 from broker.config import IdentitySettings, Settings
 from broker.core.credentials.authorizer import Authorizer
+from broker.core.credentials.circuit import CircuitBreaker, CircuitState
 from broker.core.credentials.identity import IdentityManager
 from broker.core.credentials.ports import BearerSource, Clock, Store
 from broker.core.credentials.spec import IdentityRuntime, IdentitySpec
 from broker.core.credentials.tasks import TaskRegistry
 from broker.errors import BrokerError, ConfigError
 from broker.events import Event
-from broker.transport.grpc.server import BROKER_SERVICE, STORE_HEALTH, build_server
+from broker.transport.grpc.server import (
+    BROKER_SERVICE,
+    CONTROLPLANE_HEALTH,
+    STORE_HEALTH,
+    build_server,
+)
 from broker.transport.grpc.servicer import BrokerServicer
 
 log = structlog.get_logger("broker.app")
@@ -139,10 +145,11 @@ class BrokerApp:
         self.store: Store = store if store is not None else build_store(settings, self.clock)
         self._http: httpx.AsyncClient = build_http_client()
         runtimes: dict[str, IdentityRuntime] = {}
+        self.breakers: dict[str, CircuitBreaker] = {}
         for identity in settings.identities:
             spec = identity_spec(settings, identity)
             bearer = (bearer_sources or {}).get(identity.name) or self._bearer_for(identity)
-            control_plane = ControlPlaneClient(
+            client = ControlPlaneClient(
                 self._http,
                 base_url=identity.controlplane_url,
                 profile=identity.profile,
@@ -150,7 +157,15 @@ class BrokerApp:
                 fedramp=identity.fedramp,
                 user_agent=f"credential-broker/{__version__}",
             )
-            runtimes[identity.name] = IdentityRuntime(spec, control_plane, bearer)
+            breaker = CircuitBreaker(
+                client,
+                clock=self.clock,
+                identity=identity.name,
+                failure_threshold=settings.circuit_failure_threshold,
+                cooldown=settings.circuit_cooldown,
+            )
+            self.breakers[identity.name] = breaker
+            runtimes[identity.name] = IdentityRuntime(spec, breaker, bearer)
         lock_ttl = settings.registration_deadline + 5.0
         wait_deadline = lock_ttl + 5.0
         self.authorizer = Authorizer(
@@ -168,6 +183,7 @@ class BrokerApp:
             tasks=TaskRegistry(
                 store=self.store, clock=self.clock, lock_ttl=lock_ttl, wait_deadline=wait_deadline
             ),
+            rejection_min_interval=settings.rejection_min_interval,
         )
         self.rpc_stats = RpcStats()
         self.health = health.aio.HealthServicer()
@@ -207,6 +223,7 @@ class BrokerApp:
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self.health.set(BROKER_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         await self._check_store()
+        await self._check_control_plane()
         self._background = [
             asyncio.create_task(self._follow_invalidations(), name="invalidations"),
             asyncio.create_task(self._monitor_health(), name="health"),
@@ -228,10 +245,20 @@ class BrokerApp:
         else:
             await self.health.set(STORE_HEALTH, health_pb2.HealthCheckResponse.SERVING)
 
+    async def _check_control_plane(self) -> None:
+        down = any(b.state is CircuitState.OPEN for b in self.breakers.values())
+        status = (
+            health_pb2.HealthCheckResponse.NOT_SERVING
+            if down
+            else health_pb2.HealthCheckResponse.SERVING
+        )
+        await self.health.set(CONTROLPLANE_HEALTH, status)
+
     async def _monitor_health(self) -> None:
         while True:
             await asyncio.sleep(_HEALTH_INTERVAL_SECONDS)
             await self._check_store()
+            await self._check_control_plane()
 
     async def _follow_invalidations(self) -> None:
         while True:
@@ -247,6 +274,11 @@ class BrokerApp:
             "rpcs_by_method": dict(self.rpc_stats.by_method),
             "rpc_seconds_total": round(self.rpc_stats.total_seconds, 6),
             "authorizer": dict(self.authorizer.counters),
+            "watch_streams": self.authorizer.watch_hub.watchers,
+            "watch_topics": self.authorizer.watch_hub.topics,
+            "circuits_open": sorted(
+                name for name, b in self.breakers.items() if b.state is CircuitState.OPEN
+            ),
         }
 
     async def _report_stats(self) -> None:
@@ -259,6 +291,8 @@ class BrokerApp:
         grace = self.settings.grace_period if grace is None else grace
         log.info(Event.BROKER_STOPPING, grace_seconds=grace)
         await self.health.enter_graceful_shutdown()
+        # Watch streams end cleanly first; unary calls in flight get the grace period.
+        await self.authorizer.close()
         if self._server is not None:
             await self._server.stop(grace)
         for task in self._background:

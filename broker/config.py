@@ -60,6 +60,9 @@ class Settings:
     grace_period: float = 10.0
     stats_interval: float = 60.0
     registration_deadline: float = 45.0
+    circuit_failure_threshold: int = 3
+    circuit_cooldown: float = 30.0
+    rejection_min_interval: float = 5.0
     agent_version: str = __version__
     extra: Mapping[str, str] = field(default_factory=dict)
 
@@ -201,6 +204,10 @@ _ENV_GLOBAL_KEYS: Final = {
     "BROKER_GRACE_PERIOD": "grace_period",
     "BROKER_STATS_INTERVAL": "stats_interval",
     "BROKER_IDENTITY": "default_identity",
+    "BROKER_REGISTRATION_DEADLINE": "registration_deadline",
+    "BROKER_CIRCUIT_COOLDOWN": "circuit_cooldown",
+    "BROKER_CIRCUIT_FAILURES": "circuit_failure_threshold",
+    "BROKER_REJECTION_MIN_INTERVAL": "rejection_min_interval",
 }
 
 
@@ -253,7 +260,7 @@ def _build(
     identity_tables: Mapping[str, Mapping[str, Any]],
     env_identity: Mapping[str, Any],
 ) -> Settings:
-    known = set(_ENV_GLOBAL_KEYS.values()) | {"registration_deadline"}
+    known = set(_ENV_GLOBAL_KEYS.values())
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"BROKER_CONFIG: unknown setting(s) {', '.join(unknown)}")
@@ -314,6 +321,13 @@ def _build(
         grace_period=_seconds("BROKER_GRACE_PERIOD", values.get("grace_period", 10)),
         stats_interval=_seconds("BROKER_STATS_INTERVAL", values.get("stats_interval", 60)),
         registration_deadline=_seconds(
-            "registration_deadline", values.get("registration_deadline", 45)
+            "BROKER_REGISTRATION_DEADLINE", values.get("registration_deadline", 45)
+        ),
+        circuit_failure_threshold=int(
+            _seconds("BROKER_CIRCUIT_FAILURES", values.get("circuit_failure_threshold", 3))
+        ),
+        circuit_cooldown=_seconds("BROKER_CIRCUIT_COOLDOWN", values.get("circuit_cooldown", 30)),
+        rejection_min_interval=_seconds(
+            "BROKER_REJECTION_MIN_INTERVAL", values.get("rejection_min_interval", 5)
         ),
     )

@@ -30,6 +30,8 @@ class Event(enum.StrEnum):
     # control plane
     CONTROLPLANE_REQUEST = "controlplane.request"
     CONTROLPLANE_RETRY = "controlplane.retry"
+    CONTROLPLANE_CIRCUIT_OPENED = "controlplane.circuit_opened"
+    CONTROLPLANE_CIRCUIT_CLOSED = "controlplane.circuit_closed"
     # identities and tasks
     IDENTITY_LOADED = "identity.loaded"
     IDENTITY_REGISTERED = "identity.registered"
@@ -37,6 +39,7 @@ class Event(enum.StrEnum):
     TASK_REGISTERED = "task.registered"
     TASK_REJECTED = "task.rejected"
     TASK_INVALIDATED = "task.invalidated"
+    TASK_REJECTION_THROTTLED = "task.rejection_throttled"
     # authorizations
     AUTHORIZATION_ISSUED = "authorization.issued"
     AUTHORIZATION_FAILED = "authorization.failed"

@@ -10,7 +10,12 @@ from typing import Any
 import pytest
 import structlog
 
-pytest_plugins = ["tests.fixtures.redis", "tests.fixtures.emulator", "tests.fixtures.broker"]
+pytest_plugins = [
+    "tests.fixtures.redis",
+    "tests.fixtures.emulator",
+    "tests.fixtures.broker",
+    "tests.fixtures.fleet",
+]
 
 
 class ManualClock:

@@ -25,8 +25,6 @@ ask for a longer guaranteed remainder with ``min_remaining``.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -49,6 +47,7 @@ from broker.core.credentials.ports import Clock, Store
 from broker.core.credentials.singleflight import SingleFlight
 from broker.core.credentials.spec import IdentityRuntime, validate_identity_name, validate_thread_id
 from broker.core.credentials.tasks import TaskRegistry
+from broker.core.credentials.watch import WatchHub, WatchKey
 from broker.core.protocol.assertion import build_assertion, parse_assertion
 from broker.errors import (
     BrokerError,
@@ -67,7 +66,6 @@ log = structlog.get_logger("broker.authorizer")
 
 # Errors on the way to an assertion that the protocol answers with a Bearer fallback (§8.1).
 _FALLBACK_ERRORS = (ControlPlaneError, ProtocolError, IdentityUnusable, NoBearerToken)
-_BEARER_RECHECK_SECONDS = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +95,7 @@ class Authorizer:
         identity_manager: IdentityManager,
         tasks: TaskRegistry,
         l1_max_entries: int = 100_000,
+        rejection_min_interval: float = 5.0,
     ) -> None:
         """Args:
         identities: configured identities by name.
@@ -106,6 +105,9 @@ class Authorizer:
         identity_manager: establishes identities.
         tasks: finds and registers tasks.
         l1_max_entries: bound of the in-process cache (oldest entries are evicted).
+        rejection_min_interval: a slot's task is replaced at most once per this many seconds
+            by this replica, so a worker reporting every header it gets cannot make the broker
+            hammer the control plane with registrations.
         """
         if default_identity not in identities:
             raise ValueError(f"default identity {default_identity!r} is not configured")
@@ -119,7 +121,11 @@ class Authorizer:
         self._l1_max = l1_max_entries
         self._flights: SingleFlight[tuple[str, str, float], Authorization] = SingleFlight()
         self._replacements: SingleFlight[tuple[str, str, str], Rejection] = SingleFlight()
-        self._changed: dict[tuple[str, str], asyncio.Event] = {}
+        self._rejection_min_interval = rejection_min_interval
+        self._last_replacement: dict[tuple[str, str], float] = {}
+        self._hub = WatchHub(
+            clock=clock, authorize=self._authorize_key, serve_until=self.serve_until
+        )
         self.counters: Counter[str] = Counter()
         """Cumulative counts for ``broker.stats``: cache levels, schemes and fallback reasons."""
 
@@ -338,15 +344,14 @@ class Authorizer:
     def drop(self, name: str, slot: str) -> None:
         """Forget the L1 entry of (identity, slot) and wake its watchers (an invalidation)."""
         self._l1.pop((name, slot), None)
-        event = self._changed.pop((name, slot), None)
-        if event is not None:
-            event.set()
+        self._hub.invalidate(name, slot)
 
     def drop_identity(self, name: str) -> None:
         """Forget every L1 entry of an identity and the cached record (rotation)."""
         self._identity_manager.forget(name)
         for key in [k for k in self._l1 if k[0] == name]:
             self.drop(*key)
+        self._hub.invalidate_identity(name)
 
     async def follow_invalidations(self) -> None:
         """Apply every replica's invalidations to this process's L1 until cancelled."""
@@ -362,20 +367,29 @@ class Authorizer:
         mode: Mode = Mode.DEFAULT,
         min_remaining: float = 0.0,
     ) -> AsyncIterator[Authorization]:
-        """Yield the current header, then a fresh one before each expiry or after an invalidation."""
-        runtime = self.runtime(identity)
-        slot = task_slot(thread_id)
-        while True:
-            authorization = await self.authorize(identity, thread_id, mode, min_remaining)
+        """Yield the current header, then a fresh one before each expiry or after an invalidation.
+
+        Watchers of the same key share one refresher (see ``watch.py``). The request is validated
+        once, up front, so a malformed watch fails at once.
+        """
+        first = await self.authorize(identity, thread_id, mode, min_remaining)
+        key: WatchKey = (first.identity, task_slot(thread_id), mode.value, min_remaining)
+        async for authorization in self._hub.watch(key):
             yield authorization
-            changed = self._changed.setdefault((runtime.spec.name, slot), asyncio.Event())
-            until = self.serve_until(authorization)
-            if until is None:
-                delay = _BEARER_RECHECK_SECONDS
-            else:
-                delay = (until - self._clock.now()).total_seconds() - min_remaining
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), timeout=max(delay, 0.05))
+
+    async def _authorize_key(self, key: WatchKey) -> Authorization:
+        name, slot, mode, min_remaining = key
+        thread_id = "" if slot == task_slot("") else slot.removeprefix("thread:")
+        return await self.authorize(name, thread_id, Mode(mode), min_remaining)
+
+    @property
+    def watch_hub(self) -> WatchHub:
+        """The fan-out hub (for stats and shutdown)."""
+        return self._hub
+
+    async def close(self) -> None:
+        """End every watch stream (shutdown drain)."""
+        await self._hub.close()
 
     # -- tasks, identities, rejections ---------------------------------------------------------------
 
@@ -441,11 +455,25 @@ class Authorizer:
             record = await self._identity_manager.current(runtime)
             current = await self._tasks.peek(record, slot)
             replaced = False
-            if (
+            is_current = (
                 current is not None
                 and envelope.agent_runtime_id == record.agent_runtime_id
                 and current.task_id == envelope.task_id
-            ):
+            )
+            last = self._last_replacement.get((spec.name, slot))
+            now = self._clock.monotonic()
+            if is_current and last is not None and now - last < self._rejection_min_interval:
+                log.warning(
+                    Event.TASK_REJECTION_THROTTLED,
+                    identity=spec.name,
+                    task_id=envelope.task_id,
+                    http_status=http_status,
+                    retry_after_seconds=round(self._rejection_min_interval - (now - last), 1),
+                )
+                self.counters["rejection_throttled"] += 1
+                return Rejection(await self.authorize(spec.name, thread_id), replaced=False)
+            if is_current and current is not None:
+                self._last_replacement[(spec.name, slot)] = now
                 log.warning(
                     Event.TASK_REJECTED,
                     identity=spec.name,
