@@ -18,7 +18,7 @@ SHORT_TTL = {"BROKER_ASSERTION_TTL": "3", "BROKER_REFRESH_MARGIN": "1.5"}
 
 
 async def eventually(predicate: Callable[[], bool], attempts: int = 1000) -> None:
-    """Poll a cheap in-process predicate until it holds (at most ``attempts`` × 10 ms)."""
+    """Poll a cheap in-process predicate until it holds (at most ``attempts`` times 10 ms)."""
     for _ in range(attempts):
         if predicate():
             return
@@ -49,7 +49,8 @@ class TestFanOut:
         seen = []
         for _ in range(3):
             seen.append((await asyncio.wait_for(live.read(), 10)).authorization.issued_at.seconds)
-        assert seen == sorted(seen) and len(set(seen)) >= 2
+        assert seen == sorted(seen)
+        assert len(set(seen)) >= 2
         live.cancel()
         stalled.cancel()
 
