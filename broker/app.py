@@ -29,6 +29,8 @@ from broker.adapters.sealing import PlaintextSealer, Sealer, load_kek_file
 from broker.adapters.store.embedded import EmbeddedStore
 from broker.adapters.store.redis import RedisStore
 from broker.config import IdentitySettings, Settings
+from broker.core.callers import CallerRegistry
+from broker.core.credentials.admin import AdminOperations
 from broker.core.credentials.authorizer import Authorizer
 from broker.core.credentials.circuit import CircuitBreaker, CircuitState
 from broker.core.credentials.identity import IdentityManager
@@ -37,6 +39,8 @@ from broker.core.credentials.spec import IdentityRuntime, IdentitySpec
 from broker.core.credentials.tasks import TaskRegistry
 from broker.errors import BrokerError, ConfigError
 from broker.events import Event
+from broker.transport.grpc.admin import AdminServicer
+from broker.transport.grpc.callers import CallerGate
 from broker.transport.grpc.server import (
     BROKER_SERVICE,
     CONTROLPLANE_HEALTH,
@@ -44,6 +48,7 @@ from broker.transport.grpc.server import (
     build_server,
 )
 from broker.transport.grpc.servicer import BrokerServicer
+from broker.transport.grpc.tls import ReloadingTls
 
 log = structlog.get_logger("broker.app")
 
@@ -185,6 +190,9 @@ class BrokerApp:
             ),
             rejection_min_interval=settings.rejection_min_interval,
         )
+        self.callers = CallerRegistry(settings.callers, self.clock)
+        self.gate = CallerGate(self.callers)
+        self.admin = AdminOperations(self.authorizer, self.store)
         self.rpc_stats = RpcStats()
         self.health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
@@ -209,11 +217,26 @@ class BrokerApp:
             ConfigError: the listen address cannot be bound.
         """
         server = build_server(
-            BrokerServicer(self.authorizer), self.health, on_completed=self.rpc_stats.record
+            BrokerServicer(self.authorizer, self.gate),
+            AdminServicer(self.admin, self.gate),
+            self.health,
+            self.gate,
+            on_completed=self.rpc_stats.record,
         )
+        if self.callers.open:
+            log.warning(
+                Event.CALLER_AUTH_DISABLED,
+                listen=self.settings.listen,
+                detail="no [callers] configured: every connecting process is trusted fully",
+            )
         try:
-            port = server.add_insecure_port(self.settings.listen)
-        except RuntimeError as exc:
+            if self.settings.tls is not None:
+                port = server.add_secure_port(
+                    self.settings.listen, ReloadingTls(self.settings.tls).credentials()
+                )
+            else:
+                port = server.add_insecure_port(self.settings.listen)
+        except (RuntimeError, OSError) as exc:
             raise ConfigError(f"BROKER_LISTEN: cannot bind {self.settings.listen}: {exc}") from exc
         if port == 0:
             raise ConfigError(f"BROKER_LISTEN: cannot bind {self.settings.listen}")
@@ -276,6 +299,10 @@ class BrokerApp:
             "authorizer": dict(self.authorizer.counters),
             "watch_streams": self.authorizer.watch_hub.watchers,
             "watch_topics": self.authorizer.watch_hub.topics,
+            "callers": {
+                name: {"rpcs": sum(u.by_code.values()), "denied": u.denied}
+                for name, u in self.gate.usage.items()
+            },
             "circuits_open": sorted(
                 name for name, b in self.breakers.items() if b.state is CircuitState.OPEN
             ),

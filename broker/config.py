@@ -8,6 +8,8 @@ Every problem raises :class:`ConfigError` naming the setting, so start-up stops 
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from broker import __version__
+from broker.core.callers import CallerPolicy
 from broker.core.credentials.spec import IDENTITY_NAME, Profile
 from broker.core.protocol.urls import host_of
 from broker.errors import ConfigError, UrlError
@@ -44,6 +47,15 @@ class IdentitySettings:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsSettings:
+    """Server certificate, and the CA that client certificates must chain to (mTLS) if set."""
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Everything the composition root needs."""
 
@@ -63,6 +75,8 @@ class Settings:
     circuit_failure_threshold: int = 3
     circuit_cooldown: float = 30.0
     rejection_min_interval: float = 5.0
+    callers: tuple[CallerPolicy, ...] = ()
+    tls: TlsSettings | None = None
     agent_version: str = __version__
     extra: Mapping[str, str] = field(default_factory=dict)
 
@@ -179,6 +193,66 @@ def _identity(name: str, table: Mapping[str, Any], where: str) -> IdentitySettin
     )
 
 
+_CALLER_KEYS: Final = frozenset(
+    {
+        "token_sha256",
+        "cert_names",
+        "identities",
+        "bearer_fallback",
+        "bearer_only",
+        "admin",
+        "rate_limit",
+        "burst",
+    }
+)
+_SHA256_HEX: Final = re.compile(r"[0-9a-f]{64}")
+
+
+def _caller(name: str, table: Mapping[str, Any]) -> CallerPolicy:
+    where = f"callers.{name}"
+    unknown = sorted(set(table) - _CALLER_KEYS)
+    if unknown:
+        raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)}")
+    token_hash = table.get("token_sha256")
+    if token_hash is not None and not _SHA256_HEX.fullmatch(str(token_hash).lower()):
+        raise ConfigError(
+            f"{where}.token_sha256: expected 64 hex digits (credential-broker caller hash-token)"
+        )
+    cert_names = table.get("cert_names", [])
+    if not isinstance(cert_names, list) or not all(isinstance(n, str) and n for n in cert_names):
+        raise ConfigError(f"{where}.cert_names: expected a list of certificate CN/SAN names")
+    if token_hash is None and not cert_names:
+        raise ConfigError(f"{where}: set token_sha256 or cert_names so the caller can authenticate")
+    identities = table.get("identities", ["*"])
+    if not isinstance(identities, list) or not all(isinstance(i, str) for i in identities):
+        raise ConfigError(f'{where}.identities: expected a list of identity names or ["*"]')
+    rate = table.get("rate_limit")
+    return CallerPolicy(
+        name=name,
+        identities=None if "*" in identities else frozenset(identities),
+        bearer_fallback=_bool(f"{where}.bearer_fallback", table.get("bearer_fallback", False)),
+        bearer_only=_bool(f"{where}.bearer_only", table.get("bearer_only", False)),
+        admin=_bool(f"{where}.admin", table.get("admin", False)),
+        rate_per_second=_seconds(f"{where}.rate_limit", rate) if rate is not None else None,
+        burst=_seconds(f"{where}.burst", table.get("burst", rate or 1))
+        if rate is not None
+        else 0.0,
+        token_sha256=str(token_hash).lower() if token_hash is not None else None,
+        cert_names=tuple(cert_names),
+    )
+
+
+def is_loopback(listen: str) -> bool:
+    """Whether a HOST:PORT listen address is on the loopback interface only."""
+    host = listen.rpartition(":")[0].strip("[]").lower()
+    if host == "localhost" or host == "::1":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 # -- loading ---------------------------------------------------------------------------------------
 
 _ENV_IDENTITY_KEYS: Final = {
@@ -208,6 +282,9 @@ _ENV_GLOBAL_KEYS: Final = {
     "BROKER_CIRCUIT_COOLDOWN": "circuit_cooldown",
     "BROKER_CIRCUIT_FAILURES": "circuit_failure_threshold",
     "BROKER_REJECTION_MIN_INTERVAL": "rejection_min_interval",
+    "BROKER_TLS_CERT_FILE": "tls_cert_file",
+    "BROKER_TLS_KEY_FILE": "tls_key_file",
+    "BROKER_TLS_CLIENT_CA_FILE": "tls_client_ca_file",
 }
 
 
@@ -226,6 +303,7 @@ def load_settings(
     """
     values: dict[str, Any] = {}
     identity_tables: dict[str, dict[str, Any]] = {}
+    caller_tables: dict[str, dict[str, Any]] = {}
     config_path = env.get("BROKER_CONFIG")
     if config_path:
         path = _path("BROKER_CONFIG", config_path)
@@ -240,6 +318,10 @@ def load_settings(
             if not isinstance(table, dict):
                 raise ConfigError(f"BROKER_CONFIG: identities.{name} must be a table")
             identity_tables[name] = table
+        callers = document.pop("callers", {})
+        if not isinstance(callers, dict) or not all(isinstance(t, dict) for t in callers.values()):
+            raise ConfigError("BROKER_CONFIG: [callers] must be a table of tables")
+        caller_tables.update(callers)
         values.update(document)
     for variable, setting in _ENV_GLOBAL_KEYS.items():
         if env.get(variable, "") != "":
@@ -252,13 +334,30 @@ def load_settings(
     for setting, value in (overrides or {}).items():
         if value is not None:
             (env_identity if setting in _ENV_IDENTITY_KEYS.values() else values)[setting] = value
-    return _build(values, identity_tables, env_identity)
+    return _build(values, identity_tables, env_identity, caller_tables)
+
+
+def _tls(values: Mapping[str, Any]) -> TlsSettings | None:
+    cert, key = values.get("tls_cert_file"), values.get("tls_key_file")
+    client_ca = values.get("tls_client_ca_file")
+    if not cert and not key:
+        if client_ca:
+            raise ConfigError("BROKER_TLS_CLIENT_CA_FILE: needs BROKER_TLS_CERT_FILE and _KEY_FILE")
+        return None
+    if not cert or not key:
+        raise ConfigError("BROKER_TLS_CERT_FILE and BROKER_TLS_KEY_FILE must be set together")
+    return TlsSettings(
+        cert_file=_path("BROKER_TLS_CERT_FILE", cert),
+        key_file=_path("BROKER_TLS_KEY_FILE", key),
+        client_ca_file=_path("BROKER_TLS_CLIENT_CA_FILE", client_ca) if client_ca else None,
+    )
 
 
 def _build(
     values: Mapping[str, Any],
     identity_tables: Mapping[str, Mapping[str, Any]],
     env_identity: Mapping[str, Any],
+    caller_tables: Mapping[str, Mapping[str, Any]],
 ) -> Settings:
     known = set(_ENV_GLOBAL_KEYS.values())
     unknown = sorted(set(values) - known)
@@ -307,13 +406,30 @@ def _build(
     if redis_url and not redis_url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError("BROKER_REDIS_URL: expected a redis://, rediss:// or unix:// URL")
     kek = values.get("kek_file")
+    listen = _listen("BROKER_LISTEN", str(values.get("listen", DEFAULT_LISTEN)))
+    insecure = _bool("BROKER_INSECURE", values.get("insecure", False))
+    callers = tuple(_caller(name, table) for name, table in caller_tables.items())
+    tls = _tls(values)
+    if any(c.cert_names for c in callers) and (tls is None or tls.client_ca_file is None):
+        raise ConfigError(
+            "callers with cert_names need mutual TLS: set BROKER_TLS_CLIENT_CA_FILE "
+            "(with BROKER_TLS_CERT_FILE and BROKER_TLS_KEY_FILE)"
+        )
+    if not callers and not is_loopback(listen) and not insecure:
+        raise ConfigError(
+            f"BROKER_LISTEN: {listen} is not a loopback address and no [callers] are configured; "
+            "refusing to hand out credentials to anyone who connects (configure callers, or pass "
+            "--insecure for a trusted network)"
+        )
     return Settings(
         identities=identities,
         default_identity=default_name,
-        listen=_listen("BROKER_LISTEN", str(values.get("listen", DEFAULT_LISTEN))),
+        listen=listen,
         redis_url=redis_url,
         kek_file=_path("BROKER_KEK_FILE", kek) if kek else None,
-        insecure=_bool("BROKER_INSECURE", values.get("insecure", False)),
+        insecure=insecure,
+        callers=callers,
+        tls=tls,
         assertion_ttl=ttl,
         refresh_margin=margin,
         thread_task_ttl=thread_ttl,

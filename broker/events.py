@@ -1,14 +1,26 @@
 """The log event catalogue: every operational fact the broker writes is one of these names.
 
 An ops dashboard queries by event name, so names are stable, dotted, lower-case and name a class of
-fact (never a formatted sentence). Fields are documented in ``docs/events.md``; identifiers such as
-``identity``, ``agent_runtime_id`` and ``task_id`` may appear, secrets never do (the redaction processor
-in :mod:`broker.logs` enforces it a second time).
+fact (never a formatted sentence).
+
+The catalogue describes each event as data (:class:`EventSpec`, one per name, in
+:data:`broker.catalog.CATALOGUE`): its level, one line saying what happened, and its fields with
+their JSON types and whether they are identifiers. Identifiers such as ``identity``,
+``agent_runtime_id`` and ``task_id`` may appear; secrets never do (:data:`SECRETS_IN_FIELDS`): they
+travel as :class:`broker.secrets.Secret` and the redaction processor in :mod:`broker.logs` masks
+anything secret-looking a second time.
+
+``docs/events.md`` is generated from the catalogue (``python -m broker.catalog --write``); a test
+fails when it is stale, and another drives a real broker through every scenario and checks each line
+it writes against the catalogue (:func:`broker.catalog.problems`).
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
+from dataclasses import KW_ONLY, dataclass, field
+from typing import Final
 
 
 class Event(enum.StrEnum):
@@ -36,6 +48,8 @@ class Event(enum.StrEnum):
     IDENTITY_LOADED = "identity.loaded"
     IDENTITY_REGISTERED = "identity.registered"
     IDENTITY_DISCARDED = "identity.discarded"
+    IDENTITY_ROTATED = "identity.rotated"
+    CACHE_FLUSHED = "cache.flushed"
     TASK_REGISTERED = "task.registered"
     TASK_REJECTED = "task.rejected"
     TASK_INVALIDATED = "task.invalidated"
@@ -49,6 +63,93 @@ class Event(enum.StrEnum):
     RPC_COMPLETED = "rpc.completed"
     RPC_INTERNAL_ERROR = "rpc.internal_error"
     CALLER_DENIED = "caller.denied"
+    CALLER_AUTH_DISABLED = "caller.auth_disabled"
+    TLS_RELOADED = "tls.reloaded"
     # emulator
     EMULATOR_STARTED = "emulator.started"
     EMULATOR_REQUEST = "emulator.request"
+
+
+# -- the catalogue as data ------------------------------------------------------------------------
+
+SECRETS_IN_FIELDS: Final = False
+"""No field of any event carries a secret (private key, token, assertion, biscuit, KEK).
+
+Held by construction (secrets are :class:`broker.secrets.Secret`, whose ``repr`` is masked, and no
+catalogued field is meant for one) and enforced again by :func:`broker.logs.redact_secrets`.
+"""
+
+
+class Level(enum.StrEnum):
+    """The ``level`` field of a line, as structlog writes it."""
+
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class FieldType(enum.StrEnum):
+    """The JSON type of a field's value."""
+
+    STRING = "string"
+    INTEGER = "integer"
+    NUMBER = "number"
+    """An integer or a fraction."""
+    BOOLEAN = "boolean"
+    STRINGS = "array of strings"
+    COUNTS = "object of integers"
+    """Counters by name (JSON object, string keys, integer values)."""
+
+
+@dataclass(frozen=True, slots=True)
+class FieldSpec:
+    """One field of an event.
+
+    Attributes:
+        name: the JSON key (snake_case, with a unit suffix where it has one).
+        type: the JSON type of its value.
+        description: one line saying what it holds.
+        identifier: it names a thing (an identity, runtime, task, thread, request or peer): useful to
+            correlate lines, of unbounded cardinality, never secret.
+        nullable: the value may be ``null``.
+        optional: the key may be absent.
+    """
+
+    name: str
+    type: FieldType
+    description: str
+    _: KW_ONLY
+    identifier: bool = False
+    nullable: bool = False
+    optional: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class EventSpec:
+    """One catalogued event.
+
+    Attributes:
+        event: its name.
+        level: the level it is normally written at.
+        description: one line saying which fact it records.
+        fields: the fields it carries besides :data:`BASE_FIELDS` (and :data:`CONTEXT_FIELDS`
+            when written while serving an RPC).
+        other_levels: further levels it may be written at, each with when.
+    """
+
+    event: Event
+    level: Level
+    description: str
+    fields: tuple[FieldSpec, ...] = ()
+    _: KW_ONLY
+    other_levels: Mapping[Level, str] = field(default_factory=dict)
+
+    @property
+    def levels(self) -> frozenset[Level]:
+        """Every level the event may be written at."""
+        return frozenset({self.level, *self.other_levels})
+
+    def field_spec(self, name: str) -> FieldSpec | None:
+        """The field called ``name``, or ``None``."""
+        return next((f for f in self.fields if f.name == name), None)

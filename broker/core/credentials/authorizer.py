@@ -32,6 +32,7 @@ from datetime import datetime, timedelta
 
 import structlog
 
+from broker.core.callers import CallerPolicy
 from broker.core.credentials.identity import IdentityManager
 from broker.core.credentials.model import (
     Authorization,
@@ -63,6 +64,9 @@ from broker.events import Event
 from broker.secrets import Secret
 
 log = structlog.get_logger("broker.authorizer")
+
+# An invalidation of this slot means "everything of the identity" (rotation, flush).
+ALL_SLOTS = "*"
 
 # Errors on the way to an assertion that the protocol answers with a Bearer fallback (§8.1).
 _FALLBACK_ERRORS = (ControlPlaneError, ProtocolError, IdentityUnusable, NoBearerToken)
@@ -159,6 +163,7 @@ class Authorizer:
         thread_id: str = "",
         mode: Mode = Mode.DEFAULT,
         min_remaining: float = 0.0,
+        caller: CallerPolicy | None = None,
     ) -> Authorization:
         """The header a worker should send now (see the module docstring for the rules).
 
@@ -167,14 +172,35 @@ class Authorizer:
             thread_id: empty for the background task.
             mode: ``BEARER_ONLY`` for bootstrap-style calls.
             min_remaining: seconds the returned header must stay valid at least.
+            caller: the authenticated caller whose policy applies (``None``: internal use).
 
         Raises:
+            CallerDenied: the caller's policy refuses the identity, the mode or a Bearer fallback.
             InvalidArgument: a malformed field.
             UnknownIdentity: the identity is not configured.
             NoBearerToken: a Bearer is due and the account has none.
             TaskUnavailable: a thread's task cannot be registered.
             StoreUnavailable: shared state is unreachable and nothing valid is cached.
         """
+        if caller is not None:
+            caller.check_identity(self.runtime(identity).spec.name)
+            if mode is Mode.BEARER_ONLY:
+                caller.check_bearer_only()
+        authorization = await self._authorize(identity, thread_id, mode, min_remaining)
+        if caller is not None:
+            self.check_delivery(caller, authorization)
+        return authorization
+
+    @staticmethod
+    def check_delivery(caller: CallerPolicy, authorization: Authorization) -> None:
+        """Refuse to hand a Bearer fallback to a caller whose policy forbids it."""
+        reason = authorization.fallback_reason
+        if authorization.scheme is Scheme.BEARER and reason is not FallbackReason.REQUESTED:
+            caller.check_bearer_fallback(reason.value)
+
+    async def _authorize(
+        self, identity: str, thread_id: str, mode: Mode, min_remaining: float
+    ) -> Authorization:
         runtime = self.runtime(identity)
         spec = runtime.spec
         validate_thread_id(thread_id)
@@ -356,7 +382,25 @@ class Authorizer:
     async def follow_invalidations(self) -> None:
         """Apply every replica's invalidations to this process's L1 until cancelled."""
         async for name, slot in self._store.invalidations():
-            self.drop(name, slot)
+            if slot == ALL_SLOTS:
+                self.drop_identity(name)
+            else:
+                self.drop(name, slot)
+
+    def cache_state(self, name: str) -> tuple[int, int]:
+        """(headers in this replica's L1, open watch streams) for an identity."""
+        cached = sum(1 for key in self._l1 if key[0] == name)
+        return cached, self._hub.watchers_of(name)
+
+    @property
+    def identity_manager(self) -> IdentityManager:
+        """Establishes identities (used by the admin operations)."""
+        return self._identity_manager
+
+    @property
+    def tasks(self) -> TaskRegistry:
+        """Finds and registers tasks (used by the admin operations)."""
+        return self._tasks
 
     # -- watch -------------------------------------------------------------------------------------
 
@@ -366,21 +410,24 @@ class Authorizer:
         thread_id: str = "",
         mode: Mode = Mode.DEFAULT,
         min_remaining: float = 0.0,
+        caller: CallerPolicy | None = None,
     ) -> AsyncIterator[Authorization]:
         """Yield the current header, then a fresh one before each expiry or after an invalidation.
 
         Watchers of the same key share one refresher (see ``watch.py``). The request is validated
-        once, up front, so a malformed watch fails at once.
+        once, up front, so a malformed or forbidden watch fails at once.
         """
-        first = await self.authorize(identity, thread_id, mode, min_remaining)
+        first = await self.authorize(identity, thread_id, mode, min_remaining, caller)
         key: WatchKey = (first.identity, task_slot(thread_id), mode.value, min_remaining)
         async for authorization in self._hub.watch(key):
+            if caller is not None:
+                self.check_delivery(caller, authorization)
             yield authorization
 
     async def _authorize_key(self, key: WatchKey) -> Authorization:
         name, slot, mode, min_remaining = key
         thread_id = "" if slot == task_slot("") else slot.removeprefix("thread:")
-        return await self.authorize(name, thread_id, Mode(mode), min_remaining)
+        return await self._authorize(name, thread_id, Mode(mode), min_remaining)
 
     @property
     def watch_hub(self) -> WatchHub:
@@ -394,7 +441,7 @@ class Authorizer:
     # -- tasks, identities, rejections ---------------------------------------------------------------
 
     async def ensure_task(
-        self, identity: str, thread_id: str
+        self, identity: str, thread_id: str, caller: CallerPolicy | None = None
     ) -> tuple[IdentityRuntime, TaskRecord]:
         """Register (or find) a thread's task ahead of its first use (§7.1 prewarm).
 
@@ -404,6 +451,8 @@ class Authorizer:
             TaskUnavailable: the task cannot be registered now.
         """
         runtime = self.runtime(identity)
+        if caller is not None:
+            caller.check_identity(runtime.spec.name)
         if not thread_id:
             raise InvalidArgument("thread_id is required")
         validate_thread_id(thread_id)
@@ -420,16 +469,23 @@ class Authorizer:
         return runtime, task
 
     async def describe(
-        self, identity: str
+        self, identity: str, caller: CallerPolicy | None = None
     ) -> tuple[IdentityRuntime, IdentityRecord | None, TaskRecord | None]:
         """Public facts: the runtime, its stored record (if registered) and background task."""
         runtime = self.runtime(identity)
+        if caller is not None:
+            caller.check_identity(runtime.spec.name)
         record = await self._identity_manager.peek(runtime)
         task = await self._tasks.peek(record, task_slot("")) if record else None
         return runtime, record, task
 
     async def report_rejection(
-        self, identity: str, thread_id: str, header_value: Secret, http_status: int
+        self,
+        identity: str,
+        thread_id: str,
+        header_value: Secret,
+        http_status: int,
+        caller: CallerPolicy | None = None,
     ) -> Rejection:
         """Handle a 401/403 on a header this broker issued: replace the task once, fleet-wide.
 
@@ -438,13 +494,17 @@ class Authorizer:
         """
         runtime = self.runtime(identity)
         spec = runtime.spec
+        if caller is not None:
+            caller.check_identity(spec.name)
         validate_thread_id(thread_id)
         if http_status not in (401, 403):
             raise InvalidArgument("http_status must be 401 or 403")
         value = header_value.reveal()
         if value.startswith("Bearer "):
             # The account's token is refreshed outside the broker (token file); hand out the current one.
-            return Rejection(await self.authorize(spec.name, thread_id), replaced=False)
+            return Rejection(
+                await self.authorize(spec.name, thread_id, caller=caller), replaced=False
+            )
         try:
             envelope = parse_assertion(value)
         except ProtocolError as exc:
@@ -489,5 +549,7 @@ class Authorizer:
         outcome, leader = await self._replacements.do_and_tell(
             (spec.name, slot, envelope.task_id), replace
         )
+        if caller is not None:
+            self.check_delivery(caller, outcome.authorization)
         # Reports that joined another report's flight did not cause the replacement themselves.
         return outcome if leader else Rejection(outcome.authorization, replaced=False)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 import structlog
 
 from broker.core.credentials.model import IdentityRecord
 from broker.core.credentials.ports import Clock, Store
-from broker.core.credentials.singleflight import SingleFlight, fleet_once
+from broker.core.credentials.singleflight import SingleFlight, SingleFlightTimeout, fleet_once
 from broker.core.credentials.spec import IdentityRuntime, Profile
 from broker.core.protocol.keys import AgentKey
 from broker.errors import IdentityUnusable, NoBearerToken
@@ -93,6 +94,41 @@ class IdentityManager:
             return record
 
         return await self._flights.do(runtime.spec.name, establish)
+
+    async def rotate(self, runtime: IdentityRuntime) -> tuple[IdentityRecord, str | None]:
+        """Replace the identity with a newly generated and registered key, under the fleet lock.
+
+        Returns:
+            The new record and the previous runtime id (``None`` if there was none).
+
+        Raises:
+            SingleFlightTimeout: another replica held the registration lock too long.
+            ControlPlaneError, NoBearerToken, IdentityUnusable: registration failed; the old
+                identity stays in place.
+        """
+        name = runtime.spec.name
+        give_up_at = self._clock.monotonic() + self._wait_deadline
+        while (
+            token := await self._store.acquire_lock(name, REGISTRATION_LOCK, self._lock_ttl)
+        ) is None:
+            if self._clock.monotonic() >= give_up_at:
+                raise SingleFlightTimeout(
+                    f"identity {name!r} is being registered elsewhere; rotation did not start"
+                )
+            await asyncio.sleep(0.05)
+        try:
+            previous = await self._store.load_identity(name)
+            record = await self._register(runtime)
+        finally:
+            await self._store.release_lock(name, REGISTRATION_LOCK, token)
+        self._cache[name] = record
+        log.warning(
+            Event.IDENTITY_ROTATED,
+            identity=name,
+            agent_runtime_id=record.agent_runtime_id,
+            previous_agent_runtime_id=previous.agent_runtime_id if previous else None,
+        )
+        return record, previous.agent_runtime_id if previous else None
 
     async def _load_valid(self, runtime: IdentityRuntime) -> IdentityRecord | None:
         spec = runtime.spec

@@ -84,6 +84,10 @@ class WatchHub:
         """How many watch streams are open."""
         return sum(topic.watchers for topic in self._topics.values())
 
+    def watchers_of(self, identity: str) -> int:
+        """How many watch streams of ``identity`` are open."""
+        return sum(t.watchers for key, t in self._topics.items() if key[0] == identity)
+
     def invalidate(self, identity: str, slot: str) -> None:
         """Wake the refreshers of (identity, slot) at once (any mode or min_remaining)."""
         for key, topic in self._topics.items():

@@ -1,33 +1,39 @@
-"""Server interceptors: per-RPC log context and the canonical ``rpc.completed`` line.
+"""The server interceptor: caller admission, per-RPC log context, the canonical ``rpc.completed``.
 
-Each RPC runs with ``rpc_method``, ``request_id`` and ``peer`` bound in structlog's contextvars, so
-every event the core writes while serving it carries them; when the RPC ends, exactly one
-``rpc.completed`` line records its gRPC code and duration.
+Each RPC runs with ``rpc_method``, ``request_id``, ``peer`` and ``caller`` bound in structlog's
+contextvars, so every event the core writes while serving it carries them. Before the handler runs,
+the :class:`CallerGate` authenticates the caller, applies admin and rate-limit rules, and puts the
+caller's policy in ``CURRENT_CALLER`` for the servicer. When the RPC ends, exactly one
+``rpc.completed`` line records its gRPC code and duration, and the caller's usage is counted.
 """
 
 from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, cast
 
 import grpc
 import structlog
 from structlog.contextvars import bound_contextvars
 
+from broker.core.callers import CallerDenied, CallerPolicy
 from broker.events import Event
+from broker.transport.grpc.callers import CURRENT_CALLER, CallerGate
+from broker.transport.grpc.status import to_status
 
 log = structlog.get_logger("broker.grpc")
 
 # grpc's handler callables are untyped at this level; the wrappers below only pass values through.
-_Unary = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
-_Stream = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]
+_Context = grpc.aio.ServicerContext[Any, Any]
+_Unary = Callable[[Any, _Context], Awaitable[Any]]
+_Stream = Callable[[Any, _Context], AsyncIterator[Any]]
 
 _QUIET_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
-def _code_name(context: grpc.aio.ServicerContext[Any, Any], failed: bool) -> str:
+def _code_name(context: _Context, failed: bool) -> str:
     # grpc.aio returns None until a status was set; the stubs do not say so.
     code = cast("grpc.StatusCode | None", context.code())
     if code is not None:
@@ -35,21 +41,20 @@ def _code_name(context: grpc.aio.ServicerContext[Any, Any], failed: bool) -> str
     return "UNKNOWN" if failed else "OK"
 
 
-class LoggingInterceptor(grpc.aio.ServerInterceptor):
-    """Bind per-RPC context and write one ``rpc.completed`` event per RPC."""
+class RpcInterceptor(grpc.aio.ServerInterceptor):
+    """Admit the caller, bind per-RPC context, and write one ``rpc.completed`` event per RPC."""
 
-    def __init__(self, on_completed: Callable[[str, str, float], None] | None = None) -> None:
+    def __init__(
+        self,
+        gate: CallerGate,
+        on_completed: Callable[[str, str, float], None] | None = None,
+    ) -> None:
         """Args:
+        gate: authenticates callers and counts their usage.
         on_completed: called with (method, code, seconds) after each RPC (the stats counters).
         """
+        self._gate = gate
         self._on_completed = on_completed
-
-    def _completed(self, method: str, code: str, started: float) -> None:
-        elapsed = time.perf_counter() - started
-        if self._on_completed is not None:
-            self._on_completed(method, code, elapsed)
-        level = log.debug if method.startswith(_QUIET_PREFIXES) else log.info
-        level(Event.RPC_COMPLETED, grpc_code=code, duration_ms=round(elapsed * 1000, 3))
 
     async def intercept_service(
         self,
@@ -74,41 +79,81 @@ class LoggingInterceptor(grpc.aio.ServerInterceptor):
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(
+                self._wrap_stream(method, cast("_Stream", handler.stream_stream)),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
         return handler
 
+    async def _admit(self, method: str, context: _Context) -> CallerPolicy | None:
+        try:
+            metadata = cast(
+                "Iterable[tuple[str, str | bytes]]", context.invocation_metadata() or ()
+            )
+            return self._gate.admit(method, metadata, context.auth_context() or {})
+        except CallerDenied as exc:
+            await context.abort_with_status(to_status(exc))
+            raise  # unreachable: abort_with_status raises
+
+    def _completed(
+        self,
+        method: str,
+        caller: CallerPolicy | None,
+        context: _Context,
+        failed: bool,
+        started: float,
+    ) -> None:
+        elapsed = time.perf_counter() - started
+        code = _code_name(context, failed)
+        if self._on_completed is not None:
+            self._on_completed(method, code, elapsed)
+        if caller is not None:
+            self._gate.completed(caller.name, method, code)
+        level = log.debug if method.startswith(_QUIET_PREFIXES) else log.info
+        level(Event.RPC_COMPLETED, grpc_code=code, duration_ms=round(elapsed * 1000, 3))
+
     def _wrap_unary(self, method: str, inner: _Unary) -> _Unary:
-        async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        async def unary(request: Any, context: _Context) -> Any:
             started = time.perf_counter()
             failed = False
+            caller: CallerPolicy | None = None
             with bound_contextvars(
                 rpc_method=method, request_id=secrets.token_hex(8), peer=context.peer()
             ):
                 try:
-                    return await inner(request, context)
+                    caller = await self._admit(method, context)
+                    # Each RPC runs in its own task, so the value ends with it.
+                    CURRENT_CALLER.set(caller)
+                    with bound_contextvars(caller=caller.name if caller else None):
+                        return await inner(request, context)
                 except BaseException:
                     failed = True
                     raise
                 finally:
-                    self._completed(method, _code_name(context, failed), started)
+                    self._completed(method, caller, context, failed, started)
 
         return unary
 
     def _wrap_stream(self, method: str, inner: _Stream) -> _Stream:
-        async def stream(
-            request: Any, context: grpc.aio.ServicerContext[Any, Any]
-        ) -> AsyncIterator[Any]:
+        async def stream(request: Any, context: _Context) -> AsyncIterator[Any]:
             started = time.perf_counter()
             failed = False
+            caller: CallerPolicy | None = None
             with bound_contextvars(
                 rpc_method=method, request_id=secrets.token_hex(8), peer=context.peer()
             ):
                 try:
-                    async for item in inner(request, context):
-                        yield item
+                    caller = await self._admit(method, context)
+                    CURRENT_CALLER.set(caller)
+                    with bound_contextvars(caller=caller.name if caller else None):
+                        async for item in inner(request, context):
+                            yield item
                 except BaseException:
                     failed = True
                     raise
                 finally:
-                    self._completed(method, _code_name(context, failed), started)
+                    self._completed(method, caller, context, failed, started)
 
         return stream

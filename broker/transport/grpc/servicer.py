@@ -1,6 +1,7 @@
 """The worker-facing servicer: convert the request, make one core call, convert the result back.
 
-RPC semantics are documented in ``proto/credential_broker/v1/broker.proto``.
+RPC semantics are documented in ``proto/credential_broker/v1/broker.proto``. The caller admitted by
+the interceptor (``CURRENT_CALLER``) is passed to the core, which applies its policy.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ import structlog
 
 from broker._proto.credential_broker.v1 import broker_pb2 as pb
 from broker._proto.credential_broker.v1 import broker_pb2_grpc as pb_grpc
+from broker.core.callers import CallerDenied
 from broker.core.credentials.authorizer import Authorizer
 from broker.errors import BrokerError
 from broker.events import Event
 from broker.secrets import Secret
 from broker.transport.grpc import convert
+from broker.transport.grpc.callers import CURRENT_CALLER, CallerGate
 from broker.transport.grpc.status import internal_status, to_status
 
 log = structlog.get_logger("broker.grpc")
@@ -26,28 +29,43 @@ Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
 
-async def _answer(
-    context: grpc.aio.ServicerContext[Req, Resp], call: Callable[[], Awaitable[Resp]]
+async def abort_for(
+    context: grpc.aio.ServicerContext[Req, Resp],
+    exc: BaseException,
+    gate: CallerGate | None,
+) -> None:
+    """Abort the RPC for ``exc``: its status for a BrokerError, a bare INTERNAL for a bug."""
+    if isinstance(exc, BrokerError):
+        caller = CURRENT_CALLER.get()
+        if isinstance(exc, CallerDenied) and gate is not None and caller is not None:
+            method = structlog.contextvars.get_contextvars().get("rpc_method", "")
+            gate.denied(caller.name, str(method), exc)
+        await context.abort_with_status(to_status(exc))
+    log.exception(Event.RPC_INTERNAL_ERROR)
+    await context.abort_with_status(internal_status())
+
+
+async def answer(
+    context: grpc.aio.ServicerContext[Req, Resp],
+    call: Callable[[], Awaitable[Resp]],
+    gate: CallerGate | None = None,
 ) -> Resp:
     """Run ``call``; turn a BrokerError into its status and a bug into a bare INTERNAL."""
     try:
         return await call()
-    except BrokerError as exc:
-        await context.abort_with_status(to_status(exc))
-        raise  # unreachable: abort_with_status raises
     except grpc.aio.AbortError:
         raise
-    except Exception:  # the edge: a bug becomes INTERNAL, never a stack trace
-        log.exception(Event.RPC_INTERNAL_ERROR)
-        await context.abort_with_status(internal_status())
-        raise
+    except Exception as exc:  # the edge: a bug becomes INTERNAL, never a stack trace
+        await abort_for(context, exc, gate)
+        raise  # unreachable: abort_with_status raises
 
 
 class BrokerServicer(pb_grpc.CredentialBrokerServicer):
     """Implements ``credential_broker.v1.CredentialBroker`` over an :class:`Authorizer`."""
 
-    def __init__(self, authorizer: Authorizer) -> None:
+    def __init__(self, authorizer: Authorizer, gate: CallerGate | None = None) -> None:
         self._authorizer = authorizer
+        self._gate = gate
 
     async def GetAuthorization(
         self,
@@ -60,12 +78,13 @@ class BrokerServicer(pb_grpc.CredentialBrokerServicer):
                 request.thread_id,
                 convert.mode_from_proto(request.mode),
                 convert.seconds_from_duration(request.min_remaining, "min_remaining"),
+                CURRENT_CALLER.get(),
             )
             return pb.GetAuthorizationResponse(
                 authorization=convert.authorization_to_proto(authorization)
             )
 
-        return await _answer(context, call)
+        return await answer(context, call, self._gate)
 
     async def WatchAuthorization(
         self,
@@ -80,18 +99,16 @@ class BrokerServicer(pb_grpc.CredentialBrokerServicer):
                 request.thread_id,
                 convert.mode_from_proto(request.mode),
                 convert.seconds_from_duration(request.min_remaining, "min_remaining"),
+                CURRENT_CALLER.get(),
             )
             async for authorization in updates:
                 yield pb.WatchAuthorizationResponse(
                     authorization=convert.authorization_to_proto(authorization)
                 )
-        except BrokerError as exc:
-            await context.abort_with_status(to_status(exc))
         except grpc.aio.AbortError:
             raise
-        except Exception:  # the edge: a bug becomes INTERNAL
-            log.exception(Event.RPC_INTERNAL_ERROR)
-            await context.abort_with_status(internal_status())
+        except Exception as exc:  # noqa: BLE001  (the edge: abort_for re-raises as a status)
+            await abort_for(context, exc, self._gate)
 
     async def EnsureTask(
         self,
@@ -99,10 +116,12 @@ class BrokerServicer(pb_grpc.CredentialBrokerServicer):
         context: grpc.aio.ServicerContext[pb.EnsureTaskRequest, pb.EnsureTaskResponse],
     ) -> pb.EnsureTaskResponse:
         async def call() -> pb.EnsureTaskResponse:
-            runtime, task = await self._authorizer.ensure_task(request.identity, request.thread_id)
+            runtime, task = await self._authorizer.ensure_task(
+                request.identity, request.thread_id, CURRENT_CALLER.get()
+            )
             return pb.EnsureTaskResponse(task=convert.task_to_proto(runtime.spec.name, task))
 
-        return await _answer(context, call)
+        return await answer(context, call, self._gate)
 
     async def ReportRejection(
         self,
@@ -115,13 +134,14 @@ class BrokerServicer(pb_grpc.CredentialBrokerServicer):
                 request.thread_id,
                 Secret(request.header_value),
                 request.http_status,
+                CURRENT_CALLER.get(),
             )
             return pb.ReportRejectionResponse(
                 authorization=convert.authorization_to_proto(outcome.authorization),
                 replaced=outcome.replaced,
             )
 
-        return await _answer(context, call)
+        return await answer(context, call, self._gate)
 
     async def GetIdentity(
         self,
@@ -129,9 +149,11 @@ class BrokerServicer(pb_grpc.CredentialBrokerServicer):
         context: grpc.aio.ServicerContext[pb.GetIdentityRequest, pb.GetIdentityResponse],
     ) -> pb.GetIdentityResponse:
         async def call() -> pb.GetIdentityResponse:
-            runtime, record, background = await self._authorizer.describe(request.identity)
+            runtime, record, background = await self._authorizer.describe(
+                request.identity, CURRENT_CALLER.get()
+            )
             return pb.GetIdentityResponse(
                 identity=convert.identity_to_proto(runtime, record, background)
             )
 
-        return await _answer(context, call)
+        return await answer(context, call, self._gate)

@@ -37,12 +37,21 @@ def grpc_code(error: BrokerError) -> grpc.StatusCode:
 
 
 def to_status(error: BrokerError) -> grpc.Status:
-    """A rich status: code, the error's message, and ErrorInfo(reason, domain) in the details."""
+    """A rich status: code, the error's message, ErrorInfo(reason, domain) and, for a rate limit,
+    RetryInfo(retry_delay) in the details."""
     numeric = _CODES[error.kind][1]
     info = error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN)
     detail = any_pb2.Any()
     detail.Pack(info)
-    status = status_pb2.Status(code=numeric, message=error.message, details=[detail])
+    details = [detail]
+    retry_after = getattr(error, "retry_after", None)
+    if isinstance(retry_after, float | int):
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromNanoseconds(int(max(retry_after, 0.001) * 1e9))
+        packed = any_pb2.Any()
+        packed.Pack(retry)
+        details.append(packed)
+    status = status_pb2.Status(code=numeric, message=error.message, details=details)
     return rpc_status.to_status(status)
 
 

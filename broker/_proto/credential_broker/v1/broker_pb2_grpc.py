@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from broker._proto.credential_broker.v1 import broker_pb2 as broker_dot___proto_dot_credential__broker_dot_v1_dot_broker__pb2
+from broker._proto.credential_broker.v1 import broker_pb2 as credential__broker_dot_v1_dot_broker__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in broker/_proto/credential_broker/v1/broker_pb2_grpc.py depends on'
+        + ' but the generated code in credential_broker/v1/broker_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -38,28 +38,28 @@ class CredentialBrokerStub:
         """
         self.GetAuthorization = channel.unary_unary(
                 '/credential_broker.v1.CredentialBroker/GetAuthorization',
-                request_serializer=broker_dot___proto_dot_credential__broker_dot_v1_dot_broker__pb2.GetAuthorizationRequest.SerializeToString,
-                response_deserializer=broker_dot___proto_dot_credential__broker_dot_v1_dot_broker__pb2.GetAuthorizationResponse.FromString,
+                request_serializer=credential__broker_dot_v1_dot_broker__pb2.GetAuthorizationRequest.SerializeToString,
+                response_deserializer=credential__broker_dot_v1_dot_broker__pb2.GetAuthorizationResponse.FromString,
                 _registered_method=True)
         self.WatchAuthorization = channel.unary_stream(
                 '/credential_broker.v1.CredentialBroker/WatchAuthorization',
-                request_serializer=broker_dot___proto_dot_credential__broker_dot_v1_dot_broker__pb2.WatchAuthorizationRequest.SerializeToString,
-                response_deserializer=broker_dot___proto_dot_credential__broker_dot_v1_dot_broker__pb2.WatchAuthorizationResponse.FromString,
+                request_serializer=credential__broker_dot_v1_dot_broker__pb2.WatchAuthorizationRequest.SerializeToString,
+                response_deserializer=credential__broker_dot_v1_dot_broker__pb2.WatchAuthorizationResponse.FromString,
                 _registered_method=True)
         self.EnsureTask = channel.unary_unary(
                 '/credential_broker.v1.CredentialBroker/EnsureTask',
-                request_serializer=broker_dot___proto_dot_credential__broker_dot_v1_dot_broker__pb2.EnsureTaskRequest.SerializeToString,
-                response_deserializer=broker_dot___proto_dot_credential__broker_dot_v1_dot_broker__pb2.EnsureTaskResponse.FromString,
+                request_serializer=credential__broker_dot_v1_dot_broker__pb2.EnsureTaskRequest.SerializeToString,
+                response_deserializer=credential__broker_dot_v1_dot_broker__pb2.EnsureTaskResponse.FromString,
                 _registered_method=True)
         self.ReportRejection = channel.unary_unary(
                 '/credential_broker.v1.CredentialBroker/ReportRejection',
-                request_serializer=broker_dot___proto_dot_credential__broker_dot_v1_dot_broker__pb2.ReportRejectionRequest.SerializeToString,
-                response_deserializer=broker_dot___proto_dot_credential__broker_dot_v1_dot_broker__pb2.ReportRejectionResponse.FromString,
+                request_serializer=credential__broker_dot_v1_dot_broker__pb2.ReportRejectionRequest.SerializeToString,
+                response_deserializer=credential__broker_dot_v1_dot_broker__pb2.ReportRejectionResponse.FromString,
                 _registered_method=True)
         self.GetIdentity = channel.unary_unary(
                 '/credential_broker.v1.CredentialBroker/GetIdentity',
-                request_serializer=broker_dot___proto_dot_credential__broker_dot_v1_dot_broker__pb2.GetIdentityRequest.SerializeToString,
-                response_deserializer=broker_dot___proto_dot_credential__broker_dot_v1_dot_broker__pb2.GetIdentityResponse.FromString,
+                request_serializer=credential__broker_dot_v1_dot_broker__pb2.GetIdentityRequest.SerializeToString,
+                response_deserializer=credential__broker_dot_v1_dot_broker__pb2.GetIdentityResponse.FromString,
                 _registered_method=True)
 
 
@@ -116,28 +116,28 @@ def add_CredentialBrokerServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'GetAuthorization': grpc.unary_unary_rpc_method_handler(
                     servicer.GetAuthorization,
-                    request_deserializer=broker_dot___proto_dot_credential__broker_dot_v1_dot_broker__pb2.GetAuthorizationRequest.FromString,
-                    response_serializer=broker_dot___proto_dot_credential__broker_dot_v1_dot_broker__pb2.GetAuthorizationResponse.SerializeToString,
+                    request_deserializer=credential__broker_dot_v1_dot_broker__pb2.GetAuthorizationRequest.FromString,
+                    response_serializer=credential__broker_dot_v1_dot_broker__pb2.GetAuthorizationResponse.SerializeToString,
             ),
             'WatchAuthorization': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchAuthorization,
-                    request_deserializer=broker_dot___proto_dot_credential__broker_dot_v1_dot_broker__pb2.WatchAuthorizationRequest.FromString,
-                    response_serializer=broker_dot___proto_dot_credential__broker_dot_v1_dot_broker__pb2.WatchAuthorizationResponse.SerializeToString,
+                    request_deserializer=credential__broker_dot_v1_dot_broker__pb2.WatchAuthorizationRequest.FromString,
+                    response_serializer=credential__broker_dot_v1_dot_broker__pb2.WatchAuthorizationResponse.SerializeToString,
             ),
             'EnsureTask': grpc.unary_unary_rpc_method_handler(
                     servicer.EnsureTask,
-                    request_deserializer=broker_dot___proto_dot_credential__broker_dot_v1_dot_broker__pb2.EnsureTaskRequest.FromString,
-                    response_serializer=broker_dot___proto_dot_credential__broker_dot_v1_dot_broker__pb2.EnsureTaskResponse.SerializeToString,
+                    request_deserializer=credential__broker_dot_v1_dot_broker__pb2.EnsureTaskRequest.FromString,
+                    response_serializer=credential__broker_dot_v1_dot_broker__pb2.EnsureTaskResponse.SerializeToString,
             ),
             'ReportRejection': grpc.unary_unary_rpc_method_handler(
                     servicer.ReportRejection,
-                    request_deserializer=broker_dot___proto_dot_credential__broker_dot_v1_dot_broker__pb2.ReportRejectionRequest.FromString,
-                    response_serializer=broker_dot___proto_dot_credential__broker_dot_v1_dot_broker__pb2.ReportRejectionResponse.SerializeToString,
+                    request_deserializer=credential__broker_dot_v1_dot_broker__pb2.ReportRejectionRequest.FromString,
+                    response_serializer=credential__broker_dot_v1_dot_broker__pb2.ReportRejectionResponse.SerializeToString,
             ),
             'GetIdentity': grpc.unary_unary_rpc_method_handler(
                     servicer.GetIdentity,
-                    request_deserializer=broker_dot___proto_dot_credential__broker_dot_v1_dot_broker__pb2.GetIdentityRequest.FromString,
-                    response_serializer=broker_dot___proto_dot_credential__broker_dot_v1_dot_broker__pb2.GetIdentityResponse.SerializeToString,
+                    request_deserializer=credential__broker_dot_v1_dot_broker__pb2.GetIdentityRequest.FromString,
+                    response_serializer=credential__broker_dot_v1_dot_broker__pb2.GetIdentityResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -167,8 +167,8 @@ class CredentialBroker:
             request,
             target,
             '/credential_broker.v1.CredentialBroker/GetAuthorization',
-            broker_dot___proto_dot_credential__broker_dot_v1_dot_broker__pb2.GetAuthorizationRequest.SerializeToString,
-            broker_dot___proto_dot_credential__broker_dot_v1_dot_broker__pb2.GetAuthorizationResponse.FromString,
+            credential__broker_dot_v1_dot_broker__pb2.GetAuthorizationRequest.SerializeToString,
+            credential__broker_dot_v1_dot_broker__pb2.GetAuthorizationResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -194,8 +194,8 @@ class CredentialBroker:
             request,
             target,
             '/credential_broker.v1.CredentialBroker/WatchAuthorization',
-            broker_dot___proto_dot_credential__broker_dot_v1_dot_broker__pb2.WatchAuthorizationRequest.SerializeToString,
-            broker_dot___proto_dot_credential__broker_dot_v1_dot_broker__pb2.WatchAuthorizationResponse.FromString,
+            credential__broker_dot_v1_dot_broker__pb2.WatchAuthorizationRequest.SerializeToString,
+            credential__broker_dot_v1_dot_broker__pb2.WatchAuthorizationResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -221,8 +221,8 @@ class CredentialBroker:
             request,
             target,
             '/credential_broker.v1.CredentialBroker/EnsureTask',
-            broker_dot___proto_dot_credential__broker_dot_v1_dot_broker__pb2.EnsureTaskRequest.SerializeToString,
-            broker_dot___proto_dot_credential__broker_dot_v1_dot_broker__pb2.EnsureTaskResponse.FromString,
+            credential__broker_dot_v1_dot_broker__pb2.EnsureTaskRequest.SerializeToString,
+            credential__broker_dot_v1_dot_broker__pb2.EnsureTaskResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -248,8 +248,8 @@ class CredentialBroker:
             request,
             target,
             '/credential_broker.v1.CredentialBroker/ReportRejection',
-            broker_dot___proto_dot_credential__broker_dot_v1_dot_broker__pb2.ReportRejectionRequest.SerializeToString,
-            broker_dot___proto_dot_credential__broker_dot_v1_dot_broker__pb2.ReportRejectionResponse.FromString,
+            credential__broker_dot_v1_dot_broker__pb2.ReportRejectionRequest.SerializeToString,
+            credential__broker_dot_v1_dot_broker__pb2.ReportRejectionResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -275,8 +275,8 @@ class CredentialBroker:
             request,
             target,
             '/credential_broker.v1.CredentialBroker/GetIdentity',
-            broker_dot___proto_dot_credential__broker_dot_v1_dot_broker__pb2.GetIdentityRequest.SerializeToString,
-            broker_dot___proto_dot_credential__broker_dot_v1_dot_broker__pb2.GetIdentityResponse.FromString,
+            credential__broker_dot_v1_dot_broker__pb2.GetIdentityRequest.SerializeToString,
+            credential__broker_dot_v1_dot_broker__pb2.GetIdentityResponse.FromString,
             options,
             channel_credentials,
             insecure,

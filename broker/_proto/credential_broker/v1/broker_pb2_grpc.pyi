@@ -9,8 +9,8 @@ the control plane. The broker decides between an `AgentAssertion` bound to a reg
 `Bearer` fallback exactly where the agent-identity protocol says to, and says why.
 """
 
-from broker._proto.credential_broker.v1 import broker_pb2 as _broker_pb2
 from collections import abc as _abc
+from broker._proto.credential_broker.v1 import broker_pb2 as _broker_pb2
 from grpc import aio as _aio
 import abc as _abc_1
 import grpc as _grpc
