@@ -97,6 +97,11 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("--broker", help="fetch the public key from this broker")
     inspect.add_argument("--identity", default="")
 
+    caller = commands.add_parser("caller", help="caller tokens")
+    caller_commands = caller.add_subparsers(dest="caller_command", required=True)
+    caller_commands.add_parser("new-token", help="print a new caller token and its config hash")
+    caller_commands.add_parser("hash-token", help="read a token on stdin, print its token_sha256")
+
     kek = commands.add_parser("kek", help="key-encryption keys")
     kek_commands = kek.add_subparsers(dest="kek_command", required=True)
     kek_commands.add_parser("generate", help="print a new KEK line for BROKER_KEK_FILE")
@@ -134,6 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from broker.client_cli import inspect_header
 
             return asyncio.run(inspect_header(args))
+        if args.command == "caller":
+            return _caller_command(args.caller_command)
         if args.command == "kek":
             from broker.adapters.sealing import generate_kek_line
 
@@ -151,6 +158,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return 2
+
+
+def _caller_command(command: str) -> int:
+    import secrets
+
+    from broker.core.callers import hash_token
+
+    if command == "new-token":
+        token = secrets.token_urlsafe(32)
+        print(f"token: {token}")  # noqa: T201  (the command's output)
+        print(f'token_sha256 = "{hash_token(token)}"')  # noqa: T201
+        return 0
+    token = sys.stdin.readline().strip()
+    if not token:
+        print("credential-broker: no token on stdin", file=sys.stderr)  # noqa: T201
+        return 1
+    print(f'token_sha256 = "{hash_token(token)}"')  # noqa: T201
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:

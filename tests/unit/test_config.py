@@ -102,3 +102,45 @@ class TestToml:
         config.write_text('[identities.a]\naccount_id = "x"\n')
         with pytest.raises(ConfigError, match="ambiguous"):
             load_settings({"BROKER_CONFIG": str(config), "BROKER_ACCOUNT_ID": "y"})
+
+
+class TestCallers:
+    def test_non_loopback_without_callers_refused(self) -> None:
+        """Listening beyond loopback with no caller authentication needs --insecure."""
+        with pytest.raises(ConfigError, match="not a loopback address"):
+            load_settings({"BROKER_LISTEN": "0.0.0.0:50051"})
+        assert load_settings({"BROKER_LISTEN": "0.0.0.0:50051", "BROKER_INSECURE": "1"}).insecure
+
+    @pytest.mark.parametrize("listen", ["127.0.0.1:1", "127.9.9.9:1", "[::1]:1", "localhost:1"])
+    def test_loopback_needs_nothing(self, listen: str) -> None:
+        """Loopback addresses are fine without callers (development)."""
+        assert load_settings({"BROKER_LISTEN": listen}).listen == listen
+
+    def test_callers_from_toml(self, tmp_path: Path) -> None:
+        """Callers are read with their hashes and rights."""
+        config = tmp_path / "broker.toml"
+        config.write_text(
+            'listen = "0.0.0.0:50051"\n[callers.w]\ntoken_sha256 = "' + "ab" * 32 + '"\n'
+            'identities = ["a"]\nrate_limit = 5\n'
+        )
+        settings = load_settings({"BROKER_CONFIG": str(config)})
+        (caller,) = settings.callers
+        assert caller.identities == frozenset({"a"})
+        assert caller.rate_per_second == 5
+        assert not caller.bearer_fallback
+
+    @pytest.mark.parametrize(
+        ("table", "message"),
+        [
+            ('token_sha256 = "short"', "64 hex digits"),
+            ("admin = true", "token_sha256 or cert_names"),
+            ('token_sha256 = "' + "ab" * 32 + '"\nrole = "x"', "unknown setting"),
+            ('cert_names = ["w.example"]', "mutual TLS"),
+        ],
+    )
+    def test_bad_callers(self, tmp_path: Path, table: str, message: str) -> None:
+        """Malformed caller tables are refused with a precise message."""
+        config = tmp_path / "broker.toml"
+        config.write_text("[callers.w]\n" + table + "\n")
+        with pytest.raises(ConfigError, match=message):
+            load_settings({"BROKER_CONFIG": str(config)})
