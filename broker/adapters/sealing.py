@@ -125,6 +125,18 @@ class KekSealer:
         """Every KEK id that can open values, primary first."""
         return tuple(self._keys)
 
+    @staticmethod
+    def key_id_of(sealed: bytes) -> str | None:
+        """The KEK id a ``cb1`` value names in its header, or ``None`` if it is not one."""
+        if sealed[:_VERSION_LEN] != _SEALED or len(sealed) <= _VERSION_LEN:
+            return None
+        raw = sealed[_VERSION_LEN + 1 : _VERSION_LEN + 1 + sealed[_VERSION_LEN]]
+        try:
+            key_id = raw.decode("ascii")
+        except UnicodeDecodeError:
+            return None
+        return key_id if _KEY_ID.fullmatch(key_id) else None
+
     def seal(self, plaintext: bytes, associated_data: bytes) -> bytes:
         """Encrypt and authenticate ``plaintext`` under the primary KEK, bound to ``associated_data``.
 
