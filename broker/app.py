@@ -25,6 +25,7 @@ from broker import __version__
 from broker.adapters.bearer import StaticBearer, TokenFileBearer
 from broker.adapters.clock import SystemClock
 from broker.adapters.controlplane import ControlPlaneClient, build_http_client
+from broker.adapters.identity_sources import ImportIdentitySource, JwksCache, JwtIdentitySource
 from broker.adapters.sealing import PlaintextSealer, Sealer, load_kek_file
 from broker.adapters.store.embedded import EmbeddedStore
 from broker.adapters.store.redis import RedisStore
@@ -34,9 +35,10 @@ from broker.core.credentials.admin import AdminOperations
 from broker.core.credentials.authorizer import Authorizer
 from broker.core.credentials.circuit import CircuitBreaker, CircuitState
 from broker.core.credentials.identity import IdentityManager
-from broker.core.credentials.ports import BearerSource, Clock, Store
-from broker.core.credentials.spec import IdentityRuntime, IdentitySpec
+from broker.core.credentials.ports import BearerSource, Clock, IdentitySource, Store
+from broker.core.credentials.spec import IdentityRuntime, IdentitySpec, Source
 from broker.core.credentials.tasks import TaskRegistry
+from broker.core.protocol import agent_jwt
 from broker.errors import BrokerError, ConfigError
 from broker.events import Event
 from broker.transport.grpc.admin import AdminServicer
@@ -119,6 +121,8 @@ def identity_spec(settings: Settings, identity: IdentitySettings) -> IdentitySpe
             "agent_harness_id": "credential-broker",
             "running_location": "broker-linux",
         },
+        source=identity.source,
+        bootstrap_cooldown=identity.bootstrap_cooldown,
     )
 
 
@@ -170,7 +174,9 @@ class BrokerApp:
                 cooldown=settings.circuit_cooldown,
             )
             self.breakers[identity.name] = breaker
-            runtimes[identity.name] = IdentityRuntime(spec, breaker, bearer)
+            runtimes[identity.name] = IdentityRuntime(
+                spec, breaker, bearer, self._source_for(identity)
+            )
         lock_ttl = settings.registration_deadline + 5.0
         wait_deadline = lock_ttl + 5.0
         self.authorizer = Authorizer(
@@ -199,6 +205,27 @@ class BrokerApp:
         self._background: list[asyncio.Task[None]] = []
         self.port: int | None = None
 
+    def _source_for(self, identity: IdentitySettings) -> IdentitySource | None:
+        if identity.source is Source.IMPORT:
+            assert identity.import_file is not None  # noqa: S101  (config guarantees it)
+            return ImportIdentitySource(identity.name, identity.import_file, self.clock)
+        if identity.source is Source.JWT:
+            jwks = JwksCache(
+                self._http,
+                identity.jwks_url or agent_jwt.jwks_url(identity.controlplane_url),
+                self.clock,
+            )
+            return JwtIdentitySource(
+                identity.name,
+                jwks,
+                self.clock,
+                path=identity.jwt_file,
+                value=identity.jwt_value if identity.jwt_file is None else None,
+                issuer=identity.jwt_issuer,
+                audience=identity.jwt_audience,
+            )
+        return None
+
     def _bearer_for(self, identity: IdentitySettings) -> BearerSource:
         if identity.bearer_token_file is not None:
             return TokenFileBearer(identity.bearer_token_file, self.clock)
@@ -216,6 +243,13 @@ class BrokerApp:
         Raises:
             ConfigError: the listen address cannot be bound.
         """
+        for name in self.authorizer.identity_names:
+            runtime = self.authorizer.runtime(name)
+            if isinstance(runtime.source, ImportIdentitySource):
+                try:
+                    await runtime.source.load()
+                except BrokerError as exc:
+                    raise ConfigError(f"identities.{name}.import_file: {exc.message}") from exc
         server = build_server(
             BrokerServicer(self.authorizer, self.gate),
             AdminServicer(self.admin, self.gate),

@@ -18,9 +18,11 @@ from typing import Any, Final
 
 from broker import __version__
 from broker.core.callers import CallerPolicy
-from broker.core.credentials.spec import IDENTITY_NAME, Profile
+from broker.core.credentials.spec import IDENTITY_NAME, Profile, Source
+from broker.core.protocol.agent_jwt import DEFAULT_AUDIENCE, DEFAULT_ISSUER
 from broker.core.protocol.urls import host_of
 from broker.errors import ConfigError, UrlError
+from broker.secrets import Secret
 
 DEFAULT_LISTEN: Final = "127.0.0.1:50051"
 DEFAULT_CONTROLPLANE_URL: Final = "https://chatgpt.com/backend-api"
@@ -44,6 +46,14 @@ class IdentitySettings:
     supported_hosts: tuple[str, ...] = ()
     bearer_token_file: Path | None = None
     authapi_url: str | None = None
+    source: Source = Source.REGISTER
+    jwt_file: Path | None = None
+    jwt_value: Secret | None = None
+    import_file: Path | None = None
+    jwks_url: str | None = None
+    jwt_issuer: str = DEFAULT_ISSUER
+    jwt_audience: str = DEFAULT_AUDIENCE
+    bootstrap_cooldown: float = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +171,14 @@ def _identity(name: str, table: Mapping[str, Any], where: str) -> IdentitySettin
         "supported_hosts",
         "bearer_token_file",
         "authapi_url",
+        "source",
+        "jwt_file",
+        "jwt",
+        "import_file",
+        "jwks_url",
+        "jwt_issuer",
+        "jwt_audience",
+        "bootstrap_cooldown",
     }
     unknown = sorted(set(table) - known)
     if unknown:
@@ -173,6 +191,24 @@ def _identity(name: str, table: Mapping[str, Any], where: str) -> IdentitySettin
         raise ConfigError(
             f"{where}.profile: expected one of {choices}, got {profile_text!r}"
         ) from exc
+    source_text = str(table.get("source", Source.REGISTER.value))
+    try:
+        source = Source(source_text)
+    except ValueError:
+        choices = ", ".join(s.value for s in Source)
+        raise ConfigError(
+            f"{where}.source: expected one of {choices}, got {source_text!r}"
+        ) from None
+    jwt_file, jwt_text, import_file = (
+        table.get("jwt_file"),
+        table.get("jwt"),
+        table.get("import_file"),
+    )
+    if source is Source.JWT and bool(jwt_file) == bool(jwt_text):
+        raise ConfigError(f"{where}: source 'jwt' needs exactly one of jwt_file or jwt")
+    if source is Source.IMPORT and not import_file:
+        raise ConfigError(f"{where}: source 'import' needs import_file")
+    jwks = table.get("jwks_url")
     enabled = table.get("enabled", table.get("use_agent_identity", True))
     token_file = table.get("bearer_token_file")
     authapi = table.get("authapi_url")
@@ -190,6 +226,16 @@ def _identity(name: str, table: Mapping[str, Any], where: str) -> IdentitySettin
         supported_hosts=_hosts(f"{where}.supported_hosts", table.get("supported_hosts", ())),
         bearer_token_file=_path(f"{where}.bearer_token_file", token_file) if token_file else None,
         authapi_url=_url(f"{where}.authapi_url", str(authapi)) if authapi else None,
+        source=source,
+        jwt_file=_path(f"{where}.jwt_file", jwt_file) if jwt_file else None,
+        jwt_value=Secret(str(jwt_text).strip()) if jwt_text else None,
+        import_file=_path(f"{where}.import_file", import_file) if import_file else None,
+        jwks_url=_url(f"{where}.jwks_url", str(jwks)) if jwks else None,
+        jwt_issuer=str(table.get("jwt_issuer", DEFAULT_ISSUER)),
+        jwt_audience=str(table.get("jwt_audience", DEFAULT_AUDIENCE)),
+        bootstrap_cooldown=_seconds(
+            f"{where}.bootstrap_cooldown", table.get("bootstrap_cooldown", 3600)
+        ),
     )
 
 
@@ -265,6 +311,12 @@ _ENV_IDENTITY_KEYS: Final = {
     "BROKER_SUPPORTED_HOSTS": "supported_hosts",
     "BROKER_BEARER_TOKEN_FILE": "bearer_token_file",
     "BROKER_AUTHAPI_URL": "authapi_url",
+    "BROKER_IDENTITY_SOURCE": "source",
+    "BROKER_AGENT_IDENTITY_JWT_FILE": "jwt_file",
+    "BROKER_AGENT_IDENTITY_JWT": "jwt",
+    "BROKER_IMPORT_FILE": "import_file",
+    "BROKER_JWKS_URL": "jwks_url",
+    "BROKER_BOOTSTRAP_COOLDOWN": "bootstrap_cooldown",
 }
 _ENV_GLOBAL_KEYS: Final = {
     "BROKER_LISTEN": "listen",

@@ -115,6 +115,13 @@ class IdentityUnusable(BrokerError):
     kind = ErrorKind.FAILED_PRECONDITION
 
 
+class BootstrapRefused(BrokerError):
+    """The control plane refused to bootstrap the identity for good (a 4xx other than 429, §8.5)."""
+
+    reason = "BOOTSTRAP_REFUSED"
+    kind = ErrorKind.FAILED_PRECONDITION
+
+
 class NoBearerToken(BrokerError):
     """A Bearer was required but the account's token is missing or empty."""
 

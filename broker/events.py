@@ -58,6 +58,7 @@ class Event(enum.StrEnum):
     AUTHORIZATION_ISSUED = "authorization.issued"
     AUTHORIZATION_FAILED = "authorization.failed"
     FALLBACK_BEARER = "fallback.bearer"
+    BOOTSTRAP_COOLDOWN = "bootstrap.cooldown_started"
     BEARER_RELOADED = "bearer.reloaded"
     # transport
     RPC_COMPLETED = "rpc.completed"
@@ -100,6 +101,8 @@ class FieldType(enum.StrEnum):
     STRINGS = "array of strings"
     COUNTS = "object of integers"
     """Counters by name (JSON object, string keys, integer values)."""
+    COUNTS_BY_NAME = "object of objects of integers"
+    """Counters by name, grouped by a second name (e.g. per caller)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,6 +58,7 @@ class EmbeddedStore:
         self._tasks: Final[dict[str, _Entry[TaskRecord]]] = {}
         self._assertions: Final[dict[str, _Entry[CachedAssertion]]] = {}
         self._locks: Final[dict[str, _Entry[str]]] = {}
+        self._cooldowns: Final[dict[str, _Entry[bool]]] = {}
         self._fanout: Final = Fanout()
         self._next_sweep = clock.monotonic() + _SWEEP_INTERVAL_S
 
@@ -175,6 +176,20 @@ class EmbeddedStore:
         self._sweep()
         self._locks[key] = _Entry(token, expires_at)
         return token
+
+    async def start_cooldown(self, identity: str, name: str, ttl_seconds: float) -> None:
+        """Set the cooldown marker for ``ttl_seconds``."""
+        self._cooldowns[keys.cooldown_key(identity, name)] = _Entry(
+            True, self._deadline(ttl_seconds)
+        )
+
+    async def cooldown_remaining(self, identity: str, name: str) -> float | None:
+        """Seconds left on the marker, or ``None``."""
+        entry = self._cooldowns.get(keys.cooldown_key(identity, name))
+        if entry is None:
+            return None
+        remaining = entry.expires_at - self._clock.monotonic()
+        return remaining if remaining > 0 else None
 
     async def release_lock(self, identity: str, name: str, token: str) -> bool:
         """Release the lock if ``token`` still owns it; report whether it did."""

@@ -70,6 +70,11 @@ def assertion_key(identity: str, task_id: str) -> str:
     return f"{PREFIX}:{{{identity}}}:assertion:{task_id}"
 
 
+def cooldown_key(identity: str, name: str) -> str:
+    """``cb:{<identity>}:cooldown:<name>``: a fleet-wide back-off marker (STRING with PX TTL)."""
+    return f"{PREFIX}:{{{identity}}}:cooldown:{name}"
+
+
 def lock_key(identity: str, name: str) -> str:
     """``cb:{<identity>}:lock:<name>``: a single-flight lock holding its fencing token (STRING)."""
     return f"{PREFIX}:{{{identity}}}:lock:{name}"

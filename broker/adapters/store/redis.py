@@ -41,8 +41,17 @@ answering and ``store.recovered`` once when it answers again (``store.connected`
 *Invalidations.* One channel, message ``<identity>\\n<slot>``. One listener per store
 (``_redis_subscriber``) holds one subscription and fans each message out to every local feed
 (``_fanout``); it resubscribes with backoff after a restart or a silent connection. ``close()`` stops
-it and ends every feed. The Lua scripts live in ``_redis_scripts``, client construction (timeouts,
-retry policy) in ``_redis_client``.
+it and ends every feed. On a Redis Cluster the channel is a *sharded* one (``SPUBLISH`` /
+``SSUBSCRIBE``): a message travels only within the shard that owns the channel's slot instead of
+being broadcast over the whole cluster bus, and the listener follows that shard. Invalidations are
+rare (a rejection, a rotation), so one channel on one shard is plenty.
+
+*Topologies.* ``from_url`` also takes ``redis+sentinel://`` (the master a set of sentinels names,
+followed through failovers: a command that meets the old master fails, is retried against the new
+one, and the invalidation listener resubscribes there) and ``redis+cluster://`` (see
+``_redis_client``). Nothing else changes: every multi-key operation is within one hash tag.
+The Lua scripts live in ``_redis_scripts``, client construction (URL forms, timeouts, retry policy)
+in ``_redis_client``.
 """
 
 from __future__ import annotations
@@ -53,6 +62,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
 import structlog
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from broker.adapters.store import _codec, _redis_scripts, keys
@@ -125,9 +135,14 @@ class RedisStore:
         self._discard_script: Final = client.register_script(_redis_scripts.DISCARD)
         self._state: Literal["unknown", "up", "down"] = "unknown"
         self._closed = False
+        self._sharded: Final = isinstance(client, RedisCluster)
         self._fanout: Final = Fanout()
         self._subscriber: Final = InvalidationSubscriber(
-            client, self._fanout, on_subscribed=self._up, on_failure=self._down
+            client,
+            self._fanout,
+            on_subscribed=self._up,
+            on_failure=self._down,
+            where=lambda: self._where,
         )
 
     @classmethod
@@ -140,10 +155,12 @@ class RedisStore:
         connect_timeout: float | None = None,
         retries: int = 2,
     ) -> RedisStore:
-        """A store over a new client for ``url`` (``redis://``, ``rediss://`` or ``unix://``) that it owns.
+        """A store over a new client for ``url`` that it owns.
 
         Args:
-            url: the Redis URL (credentials in it are never logged or put in errors).
+            url: ``redis://``, ``rediss://``, ``unix://``, ``redis+sentinel://host:port[,…]/service[/db]``
+                or ``redis+cluster://host:port[,…]`` (see ``_redis_client``); credentials in it are
+                never logged or put in errors.
             sealer: seals secrets at rest.
             socket_timeout: seconds to wait for a reply.
             connect_timeout: seconds to wait for a connection (default: ``socket_timeout``).
@@ -334,14 +351,26 @@ class RedisStore:
         )
         return bool(deleted)
 
+    async def start_cooldown(self, identity: str, name: str, ttl_seconds: float) -> None:
+        """``SET PX`` the cooldown marker (a later start extends it)."""
+        key = keys.cooldown_key(identity, name)
+        px = _px(ttl_seconds)
+        await self._call("start_cooldown", lambda: self._client.set(key, b"1", px=px))
+
+    async def cooldown_remaining(self, identity: str, name: str) -> float | None:
+        """Seconds left on the marker (``PTTL``), or ``None`` when there is none."""
+        key = keys.cooldown_key(identity, name)
+        pttl = int(await self._call("cooldown_remaining", lambda: self._client.pttl(key)))
+        return pttl / 1000 if pttl > 0 else None
+
     # -- invalidations ---------------------------------------------------------------------------
 
     async def publish_invalidation(self, identity: str, slot: str) -> None:
-        """PUBLISH ``<identity>\\n<slot>`` on the invalidation channel."""
+        """PUBLISH (SPUBLISH on a cluster) ``<identity>\\n<slot>`` on the invalidation channel."""
         message = f"{identity}\n{slot}"
+        publish = self._client.spublish if self._sharded else self._client.publish
         await self._call(
-            "publish_invalidation",
-            lambda: self._client.publish(keys.INVALIDATION_CHANNEL, message),
+            "publish_invalidation", lambda: publish(keys.INVALIDATION_CHANNEL, message)
         )
 
     def invalidations(self) -> AsyncIterator[tuple[str, str]]:

@@ -46,13 +46,21 @@ from broker.core.credentials.model import (
 )
 from broker.core.credentials.ports import Clock, Store
 from broker.core.credentials.singleflight import SingleFlight
-from broker.core.credentials.spec import IdentityRuntime, validate_identity_name, validate_thread_id
+from broker.core.credentials.spec import (
+    IdentityRuntime,
+    Profile,
+    Source,
+    validate_identity_name,
+    validate_thread_id,
+)
 from broker.core.credentials.tasks import TaskRegistry
 from broker.core.credentials.watch import WatchHub, WatchKey
 from broker.core.protocol.assertion import build_assertion, parse_assertion
 from broker.errors import (
+    BootstrapRefused,
     BrokerError,
     ControlPlaneError,
+    ControlPlaneUnavailable,
     IdentityUnusable,
     InvalidArgument,
     NoBearerToken,
@@ -67,6 +75,8 @@ log = structlog.get_logger("broker.authorizer")
 
 # An invalidation of this slot means "everything of the identity" (rotation, flush).
 ALL_SLOTS = "*"
+# The fleet-wide marker that keeps an ``authapi`` identity on Bearer after a bootstrap failure.
+BOOTSTRAP_COOLDOWN = "bootstrap"
 
 # Errors on the way to an assertion that the protocol answers with a Bearer fallback (§8.1).
 _FALLBACK_ERRORS = (ControlPlaneError, ProtocolError, IdentityUnusable, NoBearerToken)
@@ -231,33 +241,100 @@ class Authorizer:
         self, runtime: IdentityRuntime, thread_id: str, slot: str, needed: timedelta
     ) -> Authorization:
         spec = runtime.spec
-        if not spec.account_id:
+        if spec.source is Source.REGISTER and not spec.account_id:
             return await self._bearer(runtime, FallbackReason.IDENTITY_UNAVAILABLE, thread_id)
+        if self._bootstraps(runtime) and not thread_id:
+            remaining = await self._store.cooldown_remaining(spec.name, BOOTSTRAP_COOLDOWN)
+            if remaining is not None:
+                return await self._bearer(runtime, FallbackReason.BOOTSTRAP_UNAVAILABLE, thread_id)
         try:
             identity = await self._identity_manager.current(runtime)
         except _FALLBACK_ERRORS as exc:
-            return await self._fallback(
-                runtime, FallbackReason.IDENTITY_UNAVAILABLE, thread_id, exc
-            )
+            return await self._identity_failure(runtime, thread_id, exc)
         try:
             task = await self._tasks.task_for(runtime, identity, slot)
         except _FALLBACK_ERRORS as exc:
-            if thread_id:
-                log.warning(
-                    Event.AUTHORIZATION_FAILED,
-                    identity=spec.name,
-                    thread_id=thread_id,
-                    reason=exc.reason,
-                    detail=exc.message,
-                )
-                raise TaskUnavailable(
-                    f"the task of thread {thread_id!r} could not be registered ({exc.reason}); "
-                    "thread calls do not fall back to Bearer, retry later"
-                ) from exc
-            return await self._fallback(
-                runtime, FallbackReason.TASK_REGISTRATION_UNAVAILABLE, thread_id, exc
-            )
+            return await self._task_failure(runtime, thread_id, exc)
         return await self._assertion(runtime, identity, task, needed)
+
+    @staticmethod
+    def _bootstraps(runtime: IdentityRuntime) -> bool:
+        """Whether failures follow the ``authapi`` bootstrap rules (§8.5, §11.2)."""
+        spec = runtime.spec
+        return spec.profile is Profile.AUTHAPI and spec.source is Source.REGISTER
+
+    async def _identity_failure(
+        self, runtime: IdentityRuntime, thread_id: str, exc: BrokerError
+    ) -> Authorization:
+        spec = runtime.spec
+        if not spec.has_bearer:
+            if isinstance(exc, IdentityUnusable):
+                raise exc
+            raise IdentityUnusable(f"identity {spec.name!r} is unusable: {exc.message}") from exc
+        if thread_id:
+            self._log_failure(spec.name, thread_id, exc)
+            raise TaskUnavailable(
+                f"the identity for thread {thread_id!r} could not be established ({exc.reason}); "
+                "thread calls do not fall back to Bearer, retry later"
+            ) from exc
+        if self._bootstraps(runtime):
+            return await self._bootstrap_failure(runtime, thread_id, exc)
+        return await self._fallback(runtime, FallbackReason.IDENTITY_UNAVAILABLE, thread_id, exc)
+
+    async def _task_failure(
+        self, runtime: IdentityRuntime, thread_id: str, exc: BrokerError
+    ) -> Authorization:
+        spec = runtime.spec
+        if thread_id or not spec.has_bearer:
+            self._log_failure(spec.name, thread_id, exc)
+            what = f"the task of thread {thread_id!r}" if thread_id else "the run task"
+            raise TaskUnavailable(
+                f"{what} could not be registered ({exc.reason}); "
+                + (
+                    "thread calls do not fall back to Bearer, retry later"
+                    if thread_id
+                    else "a JWT identity has no Bearer to fall back to, retry later"
+                )
+            ) from exc
+        if self._bootstraps(runtime):
+            return await self._bootstrap_failure(runtime, thread_id, exc)
+        return await self._fallback(
+            runtime, FallbackReason.TASK_REGISTRATION_UNAVAILABLE, thread_id, exc
+        )
+
+    async def _bootstrap_failure(
+        self, runtime: IdentityRuntime, thread_id: str, exc: BrokerError
+    ) -> Authorization:
+        """§8.5: retryable -> Bearer and a fleet-wide cooldown; refused for good -> an error."""
+        spec = runtime.spec
+        if isinstance(exc, ControlPlaneUnavailable):
+            await self._store.start_cooldown(spec.name, BOOTSTRAP_COOLDOWN, spec.bootstrap_cooldown)
+            log.warning(
+                Event.BOOTSTRAP_COOLDOWN,
+                identity=spec.name,
+                operation=exc.operation,
+                cooldown_seconds=spec.bootstrap_cooldown,
+                detail=exc.message,
+            )
+            return await self._fallback(
+                runtime, FallbackReason.BOOTSTRAP_UNAVAILABLE, thread_id, exc
+            )
+        if isinstance(exc, ControlPlaneError):
+            raise BootstrapRefused(
+                f"the control plane refused to bootstrap identity {spec.name!r} "
+                f"({exc.operation}, HTTP {exc.status}); it is not retried and not masked by Bearer"
+            ) from exc
+        return await self._fallback(runtime, FallbackReason.IDENTITY_UNAVAILABLE, thread_id, exc)
+
+    @staticmethod
+    def _log_failure(name: str, thread_id: str, exc: BrokerError) -> None:
+        log.warning(
+            Event.AUTHORIZATION_FAILED,
+            identity=name,
+            thread_id=thread_id,
+            reason=exc.reason,
+            detail=exc.message,
+        )
 
     async def _assertion(
         self,
@@ -302,7 +379,7 @@ class Authorizer:
             task_kind=task.kind,
             issued_at=cached.issued_at,
             expires_at=cached.expires_at,
-            companion_headers=spec.companion_headers(),
+            companion_headers=spec.companion_headers(identity.account_id, identity.fedramp),
             thread_id=task.thread_id or "",
         )
         self._remember(spec.name, task.slot, authorization, cached.expires_at - margin)
@@ -333,6 +410,11 @@ class Authorizer:
         warned: bool = False,
     ) -> Authorization:
         spec = runtime.spec
+        if not spec.has_bearer:
+            raise NoBearerToken(
+                f"identity {spec.name!r} is an Agent Identity JWT identity: it has no Bearer token "
+                f"to hand out ({reason.value}; protocol §8.4)"
+            )
         token = await runtime.bearer.token()
         if not token:
             raise NoBearerToken(

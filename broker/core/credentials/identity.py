@@ -10,7 +10,7 @@ import structlog
 from broker.core.credentials.model import IdentityRecord
 from broker.core.credentials.ports import Clock, Store
 from broker.core.credentials.singleflight import SingleFlight, SingleFlightTimeout, fleet_once
-from broker.core.credentials.spec import IdentityRuntime, Profile
+from broker.core.credentials.spec import IdentityRuntime, Profile, Source
 from broker.core.protocol.keys import AgentKey
 from broker.errors import IdentityUnusable, NoBearerToken
 from broker.events import Event
@@ -59,8 +59,40 @@ class IdentityManager:
         """Drop the in-process record so the next use reloads it."""
         self._cache.pop(name, None)
 
+    async def _from_source(self, runtime: IdentityRuntime) -> IdentityRecord:
+        """A JWT or imported identity: loaded (re-read when its file changes), checked, cached."""
+        assert runtime.source is not None  # noqa: S101  (callers check)
+        spec = runtime.spec
+        record = await runtime.source.load()
+        problem = self._validation_problem(runtime, record)
+        if problem is not None:
+            raise IdentityUnusable(
+                f"identity {spec.name!r} from its {spec.source.value} source fails validation: "
+                f"{problem} (§9.3)"
+            )
+        cached = self._cache.get(spec.name)
+        if (
+            cached is None
+            or cached.agent_runtime_id != record.agent_runtime_id
+            or cached.key != record.key
+        ):
+            self._cache[spec.name] = record
+            log.info(
+                Event.IDENTITY_LOADED,
+                identity=spec.name,
+                agent_runtime_id=record.agent_runtime_id,
+                binding_id=record.binding_id,
+                source=record.source,
+            )
+        return self._cache[spec.name]
+
     async def peek(self, runtime: IdentityRuntime) -> IdentityRecord | None:
         """The stored identity if it is valid, without registering one."""
+        if runtime.source is not None:
+            try:
+                return await self._from_source(runtime)
+            except IdentityUnusable:
+                return None
         cached = self._cache.get(runtime.spec.name)
         if cached is not None:
             return cached
@@ -75,6 +107,8 @@ class IdentityManager:
             ControlPlaneError: registration failed (ControlPlaneUnavailable when retryable).
             StoreUnavailable: the store cannot be reached.
         """
+        if runtime.source is not None:
+            return await self._from_source(runtime)
         cached = self._cache.get(runtime.spec.name)
         if cached is not None:
             return cached
@@ -98,6 +132,8 @@ class IdentityManager:
     async def rotate(self, runtime: IdentityRuntime) -> tuple[IdentityRecord, str | None]:
         """Replace the identity with a newly generated and registered key, under the fleet lock.
 
+        A JWT or imported identity is rotated by replacing its file instead (IdentityUnusable).
+
         Returns:
             The new record and the previous runtime id (``None`` if there was none).
 
@@ -107,6 +143,11 @@ class IdentityManager:
                 identity stays in place.
         """
         name = runtime.spec.name
+        if runtime.source is not None:
+            raise IdentityUnusable(
+                f"identity {name!r} comes from its {runtime.spec.source.value} source; rotate it "
+                "by replacing that file"
+            )
         give_up_at = self._clock.monotonic() + self._wait_deadline
         while (
             token := await self._store.acquire_lock(name, REGISTRATION_LOCK, self._lock_ttl)
@@ -161,7 +202,7 @@ class IdentityManager:
             return "workspace_mismatch"
         if spec.user_id and record.user_id != spec.user_id:
             return "user_mismatch"
-        if record.name != spec.name:
+        if spec.source is not Source.JWT and record.name != spec.name:
             return "name_mismatch"
         return None
 

@@ -36,6 +36,7 @@ class FallbackReason(enum.Enum):
     TASK_REGISTRATION_UNAVAILABLE = "task_registration_unavailable"
     IDENTITY_UNAVAILABLE = "identity_unavailable"
     REQUESTED = "requested"
+    BOOTSTRAP_UNAVAILABLE = "bootstrap_unavailable"
 
 
 class Mode(enum.Enum):
@@ -62,6 +63,7 @@ class IdentityRecord:
         user_id: the ChatGPT user at registration, when known.
         registered_at: when the control plane registered it.
         source: how it was established (``register``, ``import``, ``jwt``).
+        fedramp: the account is a FedRAMP account (from a JWT or import record; §10.1).
     """
 
     name: str
@@ -71,6 +73,7 @@ class IdentityRecord:
     user_id: str | None
     registered_at: datetime
     source: str = "register"
+    fedramp: bool = False
 
     @property
     def binding_id(self) -> str:

@@ -102,6 +102,14 @@ class Store(Protocol):
         """Release the lock if ``token`` still owns it (compare-and-delete); report whether it did."""
         ...
 
+    async def start_cooldown(self, identity: str, name: str, ttl_seconds: float) -> None:
+        """Set a fleet-wide back-off marker (e.g. after a bootstrap failure) for ``ttl_seconds``."""
+        ...
+
+    async def cooldown_remaining(self, identity: str, name: str) -> float | None:
+        """Seconds left on the named marker, or ``None`` when it is not set."""
+        ...
+
     async def publish_invalidation(self, identity: str, slot: str) -> None:
         """Tell every replica that the task in ``slot`` of ``identity`` is dead."""
         ...
@@ -133,6 +141,18 @@ class ControlPlane(Protocol):
         Raises:
             ControlPlaneUnavailable: retryable failure after all attempts.
             ControlPlaneError: any other failure, or a response that is not a JSON object.
+        """
+        ...
+
+
+class IdentitySource(Protocol):
+    """An identity that is not registered by the broker: an Agent Identity JWT or an imported record."""
+
+    async def load(self) -> IdentityRecord:
+        """The current identity, re-read when its file changed.
+
+        Raises:
+            IdentityUnusable: missing, malformed, untrusted or expired; the message says which.
         """
         ...
 

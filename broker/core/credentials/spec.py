@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
-from broker.core.credentials.ports import BearerSource, ControlPlane
+from broker.core.credentials.ports import BearerSource, ControlPlane, IdentitySource
 from broker.core.protocol.urls import is_supported_host
 from broker.errors import InvalidArgument
 
@@ -21,6 +21,14 @@ class Profile(enum.Enum):
 
     CHATGPT_BACKEND = "chatgpt-backend"
     AUTHAPI = "authapi"
+
+
+class Source(enum.Enum):
+    """Where an identity's key comes from (DESIGN §5)."""
+
+    REGISTER = "register"
+    JWT = "jwt"
+    IMPORT = "import"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +48,9 @@ class IdentitySpec:
         refresh_margin: an assertion is no longer handed out this long before it expires.
         thread_task_ttl: seconds a thread task is kept; ``None`` keeps it until rejected.
         abom: the agent bill of materials sent at registration (§4.4).
+        source: register a key, or take one from an Agent Identity JWT or an imported record.
+        bootstrap_cooldown: ``authapi`` profile: seconds the fleet stays on Bearer after a
+            retryable bootstrap failure (§8.5).
     """
 
     name: str
@@ -54,29 +65,53 @@ class IdentitySpec:
     refresh_margin: float = 30.0
     thread_task_ttl: float | None = 24 * 3600.0
     abom: Mapping[str, str] = field(default_factory=dict)
+    source: Source = Source.REGISTER
+    bootstrap_cooldown: float = 3600.0
 
     @property
     def supported_host(self) -> bool:
-        """Whether background assertions may go to this control plane (§3.2)."""
+        """Whether background assertions may go to this control plane (§3.2).
+
+        The host rule belongs to the ``chatgpt-backend`` shape only; today's shape dropped it (§15).
+        """
+        if self.profile is Profile.AUTHAPI:
+            return True
         return is_supported_host(self.controlplane_url, self.extra_hosts)
 
-    def companion_headers(self) -> dict[str, str]:
-        """Headers a worker sends with any header of this identity (§6.2, §15)."""
+    @property
+    def has_bearer(self) -> bool:
+        """Whether this identity's account can fall back to Bearer (a JWT identity cannot, §8.4)."""
+        return self.source is not Source.JWT
+
+    def companion_headers(
+        self, account_id: str | None = None, fedramp: bool = False
+    ) -> dict[str, str]:
+        """Headers a worker sends with any header of this identity (§6.2, §15).
+
+        Args:
+            account_id: the bound account (from the identity record); defaults to the configured one.
+            fedramp: the record says the account is FedRAMP.
+        """
         headers: dict[str, str] = {}
-        if self.account_id:
-            headers["ChatGPT-Account-ID"] = self.account_id
-        if self.fedramp:
+        account = account_id or self.account_id
+        if account:
+            headers["ChatGPT-Account-ID"] = account
+        if self.fedramp or fedramp:
             headers["X-OpenAI-Fedramp"] = "true"
         return headers
 
 
 @dataclass(frozen=True, slots=True)
 class IdentityRuntime:
-    """An identity's spec with the adapters that serve it."""
+    """An identity's spec with the adapters that serve it.
+
+    ``source`` loads the identity for the ``jwt`` and ``import`` sources; ``None`` for ``register``.
+    """
 
     spec: IdentitySpec
     control_plane: ControlPlane
     bearer: BearerSource
+    source: IdentitySource | None = None
 
 
 def validate_identity_name(name: str, field_name: str = "identity") -> str:

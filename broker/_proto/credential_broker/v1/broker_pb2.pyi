@@ -89,6 +89,10 @@ class _FallbackReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Fallba
     """The identity is not bound to an account or could not be registered."""
     FALLBACK_REASON_REQUESTED: _FallbackReason.ValueType  # 5
     """The caller asked for a Bearer (MODE_BEARER_ONLY)."""
+    FALLBACK_REASON_BOOTSTRAP_UNAVAILABLE: _FallbackReason.ValueType  # 6
+    """`authapi` profile: identity or run-task bootstrap failed after its retries; the broker stays on
+    Bearer for a cooldown shared by every replica before trying again.
+    """
 
 class FallbackReason(_FallbackReason, metaclass=_FallbackReasonEnumTypeWrapper):
     """Why a Bearer was returned instead of an assertion."""
@@ -105,6 +109,10 @@ FALLBACK_REASON_IDENTITY_UNAVAILABLE: FallbackReason.ValueType  # 4
 """The identity is not bound to an account or could not be registered."""
 FALLBACK_REASON_REQUESTED: FallbackReason.ValueType  # 5
 """The caller asked for a Bearer (MODE_BEARER_ONLY)."""
+FALLBACK_REASON_BOOTSTRAP_UNAVAILABLE: FallbackReason.ValueType  # 6
+"""`authapi` profile: identity or run-task bootstrap failed after its retries; the broker stays on
+Bearer for a cooldown shared by every replica before trying again.
+"""
 Global___FallbackReason: _TypeAlias = FallbackReason  # noqa: Y015
 
 class _Mode:
