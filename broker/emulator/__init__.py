@@ -1,16 +1,19 @@
 """A faithful emulator of the agent-identity control plane, for offline development and tests.
 
-It serves the G1 and G4 registration endpoints and a protected resource over HTTP and really checks
-what it receives: Ed25519 signatures, biscuit binding and single use, timestamps within a skew window,
-task ownership and revocation (protocol §12). Test controls (faults, revocation, counters) exist both
-as Python methods and as ``/_emulator/`` HTTP endpoints.
+It serves the ChatGPT-backend endpoints (G1, under ``/backend-api``), the AuthAPI (G4, under
+``/api/accounts``), a JWKS and a protected resource over HTTP, and really checks what it receives:
+Ed25519 signatures, biscuit binding and single use, timestamps within a skew window, task ownership
+and revocation, ``ChatGPT-Account-ID`` and the FedRAMP header (protocol §12, §15). Test controls
+(faults, revocation, counters, Agent Identity JWTs, JWKS rotation) exist both as Python methods and as
+``/_emulator/`` HTTP endpoints.
 
 Run it alone with ``python -m broker emulator`` (see :mod:`broker.cli`).
 """
 
 from __future__ import annotations
 
-from broker.emulator.faults import Fault
+from broker.emulator.faults import ENDPOINTS, Fault
+from broker.emulator.jwt import DEFAULT_AUDIENCE, DEFAULT_ISSUER, JwtSpec
 from broker.emulator.model import (
     DEFAULT_TOKENS,
     EmulatorAccount,
@@ -21,11 +24,15 @@ from broker.emulator.model import (
 from broker.emulator.server import Emulator
 
 __all__ = [
+    "DEFAULT_AUDIENCE",
+    "DEFAULT_ISSUER",
     "DEFAULT_TOKENS",
+    "ENDPOINTS",
     "Emulator",
     "EmulatorAccount",
     "EmulatorIdentity",
     "EmulatorStats",
     "EmulatorTask",
     "Fault",
+    "JwtSpec",
 ]

@@ -14,7 +14,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
-ENDPOINTS: Final = ("authenticate", "register_identity", "register_task", "protected")
+ENDPOINTS: Final = (
+    "authenticate",
+    "register_identity",
+    "register_task",
+    "protected",
+    "authapi_register_identity",
+    "authapi_register_task",
+    "jwks",
+)
+"""Fault and stats names of the protocol endpoints: the ChatGPT backend's (§4.1, §5, §12.3), the
+AuthAPI's (§4.3, §5.1) and the JWKS (§10.3)."""
 ANY_ENDPOINT: Final = "*"
 MAX_DELAY_SECONDS: Final = 300.0
 _FIELDS: Final = frozenset(
@@ -36,7 +46,9 @@ class Fault:
     """One injected misbehaviour.
 
     Attributes:
-        endpoint: ``authenticate``, ``register_identity``, ``register_task``, ``protected`` or ``*``.
+        endpoint: one of :data:`ENDPOINTS` (``authenticate``, ``register_identity``,
+            ``register_task``, ``protected``, ``authapi_register_identity``,
+            ``authapi_register_task``, ``jwks``) or ``*``.
         status: the HTTP status to answer with, or ``None``.
         count: how many matching requests it applies to.
         delay_seconds: wait this long before answering (or before passing the request on).

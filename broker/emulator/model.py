@@ -46,9 +46,13 @@ class EmulatorIdentity:
         agent_runtime_id: the id the emulator chose.
         account_id: the account the identity is bound to.
         user_id: the user who registered it.
-        authorised_by: ``"biscuit"`` (G1, §4.1) or ``"bearer"`` (G4, §4.3).
+        authorised_by: ``"biscuit"`` (G1, §4.1), ``"bearer"`` (G4, §4.3) or ``"jwt"`` (minted
+            with an Agent Identity JWT, §10.4).
         capabilities: the ``capabilities`` array sent at registration.
         fedramp_header: whether ``X-OpenAI-Fedramp: true`` was sent.
+        registered_via: ``"backend-api"`` (``{chatgpt}/v1/agent/register``), ``"authapi"``
+            (``{authapi}/v1/agent/register``, §3.3) or ``"jwt"`` (made by a JWT mint).
+        fedramp_account: whether the identity's account is a FedRAMP account (§6.2).
     """
 
     agent_runtime_id: str
@@ -57,6 +61,8 @@ class EmulatorIdentity:
     authorised_by: str
     capabilities: tuple[str, ...]
     fedramp_header: bool
+    registered_via: str = "backend-api"
+    fedramp_account: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,12 +86,15 @@ class EmulatorStats:
 
     Attributes:
         biscuits_minted: successful ``authenticate_app_v2`` calls.
-        identity_registrations: identities registered.
-        task_registrations: tasks registered.
+        identity_registrations: identities registered at either registration endpoint.
+        task_registrations: tasks registered at either task endpoint.
         verifications_ok: ``/protected`` requests accepted.
         verifications_failed: ``/protected`` requests refused.
         faults_applied: requests answered by an injected fault.
         requests_by_endpoint: every request that reached a protocol endpoint, faulted or not.
+        task_registrations_with_credential: AuthAPI task registrations that reached the handler
+            carrying ``Authorization`` or ``X-OpenAI-Authorization`` (G4 sends none, §5.1).
+        jwts_minted: Agent Identity JWTs minted by the test control (§10.4).
     """
 
     biscuits_minted: int
@@ -95,6 +104,8 @@ class EmulatorStats:
     verifications_failed: int
     faults_applied: int
     requests_by_endpoint: Mapping[str, int]
+    task_registrations_with_credential: int = 0
+    jwts_minted: int = 0
 
     def to_json(self) -> dict[str, object]:
         """The counters as a JSON-ready object."""
@@ -106,6 +117,8 @@ class EmulatorStats:
             "verifications_failed": self.verifications_failed,
             "faults_applied": self.faults_applied,
             "requests_by_endpoint": dict(self.requests_by_endpoint),
+            "task_registrations_with_credential": self.task_registrations_with_credential,
+            "jwts_minted": self.jwts_minted,
         }
 
 

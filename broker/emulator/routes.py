@@ -38,6 +38,11 @@ def canonical_url(text: str) -> str | None:
     return f"{url.scheme}://{url.host.lower()}:{url.port}{url.raw_path}{query}"
 
 
+def fedramp_header(request: web.Request) -> bool:
+    """Whether the request carries ``X-OpenAI-Fedramp: true`` (§4.3, §6.2)."""
+    return request.headers.get("X-OpenAI-Fedramp", "").strip().lower() == "true"
+
+
 async def json_body(request: web.Request, *, empty_ok: bool = False) -> object:
     """The decoded JSON body.
 
@@ -106,7 +111,7 @@ class ProtocolRoutes:
             authorization=request.headers.get("Authorization"),
             url=_request_url(request),
             body=body,
-            fedramp_header=request.headers.get("X-OpenAI-Fedramp", "").lower() == "true",
+            fedramp_header=fedramp_header(request),
         )
         return web.json_response({"agent_runtime_id": runtime_id})
 
@@ -122,9 +127,15 @@ class ProtocolRoutes:
         return web.json_response(result)
 
     async def protected(self, request: web.Request) -> web.Response:
-        """A protected resource: accepts a valid AgentAssertion or a known Bearer (§6, §12.3)."""
+        """A protected resource: accepts a valid AgentAssertion or a known Bearer (§6, §12.3).
+
+        ``ChatGPT-Account-ID``, when sent, must name the credential's account; an assertion of an
+        identity bound to a FedRAMP account also needs ``X-OpenAI-Fedramp: true`` (§6.2).
+        """
         verified = self._state.verify(
-            request.headers.get("Authorization"), request.headers.get("ChatGPT-Account-ID")
+            request.headers.get("Authorization"),
+            request.headers.get("ChatGPT-Account-ID"),
+            fedramp_header=fedramp_header(request),
         )
         payload: dict[str, object] = {
             "scheme": verified.scheme,
@@ -204,6 +215,8 @@ class ControlRoutes:
                     "authorised_by": i.authorised_by,
                     "capabilities": list(i.capabilities),
                     "fedramp_header": i.fedramp_header,
+                    "registered_via": i.registered_via,
+                    "fedramp_account": i.fedramp_account,
                 }
                 for i in self._state.identities()
             ]

@@ -1,19 +1,15 @@
 """The emulator's HTTP server: an aiohttp application around :class:`EmulatorState` (protocol §12).
 
-One middleware wraps every request: it counts requests per protocol endpoint, applies an injected
-fault if one is pending, renders :class:`Rejection` and aiohttp's own HTTP errors as JSON (so a
-malformed request never meets a 500 or a traceback), and writes one ``emulator.request`` event with the
-method, path, status and duration. Headers, tokens, biscuits and assertions are never logged.
+The application serves the ChatGPT-backend endpoints (:mod:`broker.emulator.routes`), the AuthAPI and
+the JWKS (:mod:`broker.emulator.authapi`) and the ``/_emulator/`` test controls; one middleware
+(:mod:`broker.emulator.middleware`) counts, injects faults, renders refusals as JSON and logs one
+``emulator.request`` event per request. Headers, tokens, biscuits, assertions and JWTs are never logged.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
-import struct
-import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from types import TracebackType
 from typing import Final
 
@@ -22,135 +18,38 @@ from aiohttp import web
 
 from broker.adapters.clock import SystemClock
 from broker.core.credentials.ports import Clock
+from broker.emulator.authapi import AUTHAPI_PREFIX, JWKS_PATH, AuthApiRoutes
 from broker.emulator.faults import Fault
+from broker.emulator.jwt import (
+    DEFAULT_AUDIENCE,
+    DEFAULT_ISSUER,
+    JwtSpec,
+    SigningKeySet,
+    mint_agent_identity_jwt,
+)
+from broker.emulator.middleware import MAX_REQUEST_BODY, Middleware
 from broker.emulator.model import (
     DEFAULT_TOKENS,
     EmulatorAccount,
     EmulatorIdentity,
     EmulatorStats,
     EmulatorTask,
-    Rejection,
 )
 from broker.emulator.routes import PREFIX, ControlRoutes, ProtocolRoutes
 from broker.emulator.state import EmulatorState
 from broker.events import Event
 
-MAX_REQUEST_BODY: Final = 1024 * 1024
 _SHUTDOWN_GRACE_SECONDS: Final = 1.0
-_HTTP_REASONS: Final[Mapping[int, str]] = {
-    404: "not_found",
-    405: "method_not_allowed",
-    413: "body_too_large",
-}
-
-_REASON: Final = web.RequestKey("emulator_reason", str)
 
 _log = structlog.get_logger()
 
-_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def _error(status: int, reason: str, message: str) -> web.Response:
-    return web.json_response({"ok": False, "reason": reason, "message": message}, status=status)
-
-
-def _endpoint_of(request: web.Request) -> str | None:
-    resource = request.match_info.route.resource
-    return resource.name if resource is not None else None
-
-
-def _drop(request: web.Request, *, reset: bool) -> None:
-    transport = request.transport
-    if transport is None:
-        return
-    if reset:
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            # SO_LINGER with a zero timeout turns close() into a TCP RST.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    transport.abort()
-
-
-class _Middleware:
-    """Counting, faults, JSON errors and the per-request log line."""
-
-    def __init__(self, state: EmulatorState, stopping: asyncio.Event) -> None:
-        self._state = state
-        self._stopping = stopping
-
-    @web.middleware
-    async def __call__(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
-        started = time.perf_counter()
-        endpoint = _endpoint_of(request)
-        status: int | None = None
-        fault: Fault | None = None
-        try:
-            if endpoint is not None:
-                self._state.count_request(endpoint)
-                fault = self._state.take_fault(endpoint)
-            if fault is not None:
-                response = await self._apply(request, fault, handler)
-            else:
-                response = await self._answer(request, handler)
-            status = None if fault is not None and fault.drops else response.status
-            return response
-        finally:
-            _log.info(
-                Event.EMULATOR_REQUEST,
-                method=request.method,
-                path=request.path,
-                endpoint=endpoint,
-                status=status,
-                reason=request.get(_REASON),
-                fault=fault is not None,
-                duration_ms=round((time.perf_counter() - started) * 1000, 3),
-            )
-
-    async def _apply(
-        self, request: web.Request, fault: Fault, handler: _Handler
-    ) -> web.StreamResponse:
-        if fault.delay_seconds:
-            await self._pause(fault.delay_seconds)
-        if fault.drops:
-            _drop(request, reset=fault.reset_connection)
-            return web.Response(status=499)
-        if fault.responds:
-            body = fault.body
-            if body is None:
-                return _error(fault.response_status, "injected_fault", "fault injected by a test")
-            return web.Response(
-                status=fault.response_status,
-                body=body.encode("utf-8"),
-                headers={"Content-Type": fault.content_type},
-            )
-        return await self._answer(request, handler)
-
-    async def _pause(self, seconds: float) -> None:
-        # A stopping emulator ends pending delays at once instead of holding shutdown hostage.
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await self._stopping.wait()
-
-    async def _answer(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except Rejection as rejection:
-            request[_REASON] = rejection.reason
-            return _error(rejection.status, rejection.reason, rejection.message)
-        except web.HTTPException as exc:
-            reason = _HTTP_REASONS.get(exc.status, "http_error")
-            response = _error(exc.status, reason, exc.reason)
-            if "Allow" in exc.headers:
-                response.headers["Allow"] = exc.headers["Allow"]
-            return response
-        except Exception:  # noqa: BLE001 -- the HTTP edge: a bug becomes one logged, fixed 500
-            # A bug in the emulator: answer a fixed JSON error, keep the traceback in the log only.
-            _log.exception(Event.EMULATOR_REQUEST, path=request.path, error="internal")
-            return _error(500, "internal", "internal emulator error")
-
 
 class Emulator:
-    """A faithful, checking emulator of the agent-identity control plane (protocol §12).
+    """A faithful, checking emulator of the agent-identity control plane (protocol §12, §15).
+
+    It speaks both shapes: the ChatGPT backend under ``/backend-api`` (G1: biscuits, §4.1) and the
+    AuthAPI under ``/api/accounts`` (G4: Bearer registration, signature-only tasks, §4.3, §5.1), and
+    it publishes a JWKS and mints Agent Identity JWTs for tests (§10).
 
     Call :meth:`start` and :meth:`stop`, or scope it with ``async with``, which stops it on exit::
 
@@ -188,6 +87,7 @@ class Emulator:
             require_biscuit=require_biscuit,
         )
         self._biscuit_ttl_seconds = biscuit_ttl_seconds
+        self._keys = SigningKeySet()
         self._runner: web.AppRunner | None = None
         self._stopping = asyncio.Event()
         self._root_url: str | None = None
@@ -197,11 +97,12 @@ class Emulator:
     def build_app(self) -> web.Application:
         """The aiohttp application (for embedding in another aiohttp server or runner)."""
         app = web.Application(
-            middlewares=[_Middleware(self._state, self._stopping).__call__],
+            middlewares=[Middleware(self._state, self._stopping).__call__],
             client_max_size=MAX_REQUEST_BODY,
         )
         ProtocolRoutes(self._state, biscuit_ttl_seconds=self._biscuit_ttl_seconds).install(app)
         ControlRoutes(self._state).install(app)
+        AuthApiRoutes(self._state, self._keys).install(app)
         return app
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
@@ -275,6 +176,26 @@ class Emulator:
         """
         return self.root_url + PREFIX
 
+    @property
+    def authapi_url(self) -> str:
+        """``http://<host>:<port>/api/accounts``, the AuthAPI base (§3.4 override for custom bases).
+
+        Raises:
+            RuntimeError: the emulator is not running.
+        """
+        return self.root_url + AUTHAPI_PREFIX
+
+    @property
+    def jwks_url(self) -> str:
+        """``http://<host>:<port>/backend-api/wham/agent-identities/jwks`` (§10.3, G4 rule).
+
+        It is what the JWKS path rule gives for :attr:`base_url` as the JWKS base.
+
+        Raises:
+            RuntimeError: the emulator is not running.
+        """
+        return self.root_url + JWKS_PATH
+
     # -- test controls (the /_emulator/ endpoints, in process) ---------------------------------
 
     def stats(self) -> EmulatorStats:
@@ -296,8 +217,9 @@ class Emulator:
         """Make the next ``count`` requests of ``endpoint`` misbehave (see :class:`Fault`).
 
         Args:
-            endpoint: ``authenticate``, ``register_identity``, ``register_task``, ``protected`` or
-                ``*``.
+            endpoint: ``authenticate``, ``register_identity``, ``register_task``, ``protected``
+                (ChatGPT backend), ``authapi_register_identity``, ``authapi_register_task``
+                (AuthAPI), ``jwks``, or ``*`` for any of them.
             status: answer with this status (default 200 when only ``body`` is set).
             count: how many matching requests the fault applies to.
             delay_seconds: wait before answering, or before passing the request on.
@@ -342,3 +264,93 @@ class Emulator:
     def identities(self) -> list[EmulatorIdentity]:
         """Every registered identity, in registration order."""
         return self._state.identities()
+
+    # -- Agent Identity JWTs and the JWKS (§10) -----------------------------------------------
+
+    def mint_agent_identity_jwt(
+        self,
+        account_id: str,
+        *,
+        user_id: str,
+        email: str = "",
+        plan_type: str = "pro",
+        fedramp: bool = False,
+        lifetime_seconds: int = 3600,
+        iss: str = DEFAULT_ISSUER,
+        aud: str = DEFAULT_AUDIENCE,
+        kid: str | None = None,
+        extra_claims: Mapping[str, object] | None = None,
+        omit_claims: tuple[str, ...] = (),
+        sign_with_unknown_key: bool = False,
+        alg: str = "RS256",
+    ) -> str:
+        """Register a fresh identity for ``account_id`` and return its Agent Identity JWT (§10.1).
+
+        The token is RS256-signed by the current JWKS key and carries ``iss``, ``aud``, ``iat``,
+        ``exp``, ``agent_runtime_id``, ``agent_private_key`` (base64 PKCS#8 v2), ``account_id``,
+        ``chatgpt_user_id``, ``email``, ``plan_type`` and ``chatgpt_account_is_fedramp``. The
+        identity is live at once: assertions signed with the token's key verify at ``/protected``
+        and tasks can be registered for it at the AuthAPI. The token is a secret.
+
+        Args:
+            account_id: the account the identity is bound to.
+            user_id: ``chatgpt_user_id``.
+            email: ``email``.
+            plan_type: ``plan_type``.
+            fedramp: a FedRAMP account: protected calls then need ``X-OpenAI-Fedramp: true``.
+            lifetime_seconds: ``exp - iat`` (``iat`` is the emulator clock); negative: expired.
+            iss: ``iss``; anything but the default is an untrusted issuer (§10.2).
+            aud: ``aud``; anything but the default is a wrong audience (§10.2).
+            kid: the header's ``kid``: a retired key's makes a token whose ``kid`` is no longer
+                published, any unknown value an unknown ``kid``. Default: the signing key.
+            extra_claims: claims added last, replacing standard ones of the same name.
+            omit_claims: claims left out (to test required claims).
+            sign_with_unknown_key: sign with a key never published (a bad signature).
+            alg: the header's ``alg`` (the signature stays RS256).
+
+        Raises:
+            ValueError: an empty ``account_id``, ``kid`` or ``alg``, or claims that are not JSON.
+        """
+        spec = JwtSpec(
+            account_id=account_id,
+            user_id=user_id,
+            email=email,
+            plan_type=plan_type,
+            fedramp=fedramp,
+            lifetime_seconds=lifetime_seconds,
+            iss=iss,
+            aud=aud,
+            kid=kid,
+            extra_claims=dict(extra_claims or {}),
+            omit_claims=tuple(omit_claims),
+            sign_with_unknown_key=sign_with_unknown_key,
+            alg=alg,
+        )
+        return mint_agent_identity_jwt(self._state, self._keys, spec).jwt
+
+    def jwks(self) -> dict[str, object]:
+        """The published JWK Set, as ``GET`` :attr:`jwks_url` serves it (§10.3)."""
+        return self._keys.jwks()
+
+    @property
+    def jwks_signing_kid(self) -> str:
+        """The ``kid`` of the key that signs newly minted JWTs."""
+        return self._keys.current_kid
+
+    def rotate_jwks_key(self, *, retire_old: bool = False) -> str:
+        """Add a JWKS key and make it the signing key; return its ``kid``.
+
+        Args:
+            retire_old: also take the previous signing key out of the JWK Set, so tokens it
+                signed then carry an unknown ``kid``.
+        """
+        return self._keys.rotate(retire_old=retire_old)
+
+    def retire_jwks_key(self, kid: str) -> None:
+        """Take a key out of the JWK Set.
+
+        Raises:
+            KeyError: no published key has this ``kid``.
+            ValueError: it is the current signing key (rotate first).
+        """
+        self._keys.retire(kid)

@@ -1,16 +1,19 @@
 """The emulated control plane's state and rules, without HTTP (protocol §4, §5, §12).
 
-Theory of operation: the HTTP layer (:mod:`broker.emulator.server`) turns each request into one call
-here with plain values (header strings, the decoded JSON body, the canonical request URL) and turns the
-result, or a :class:`Rejection`, into a response. Every rule the emulator enforces lives in this module:
-which credentials authorise which call, biscuit binding and single use, signature and skew checks,
-task ownership and revocation. All state is in memory and is only touched from the event loop with no
+Theory of operation: the HTTP layer (:mod:`broker.emulator.routes`, :mod:`broker.emulator.authapi`)
+turns each request into one call here with plain values (header strings, the decoded JSON body, the
+canonical request URL) and turns the result, or a :class:`Rejection`, into a response. The rules the
+emulator enforces live in this module: which credentials authorise which call, biscuit binding and
+single use, signature and skew checks, task ownership and revocation, the FedRAMP header. The AuthAPI's
+own body rules (§4.3) are in :mod:`broker.emulator.authapi` and Agent Identity JWTs in
+:mod:`broker.emulator.jwt`; both act through the public methods here. All state is in memory and is only touched from the event loop with no
 ``await`` between reading and writing it, so each call is atomic.
 
 The emulator's policy where the protocol leaves the server unspecified (§12, §14.3): a ±``skew_seconds``
 window on every signed timestamp, single-use biscuits valid ``biscuit_ttl_seconds``, 404 for an unknown
 runtime, 401 for bad or stale credentials, 403 when an authenticated caller acts on another account's
-identity, and ``ChatGPT-Account-ID`` (when sent) must name the identity's account.
+identity, ``ChatGPT-Account-ID`` (when sent) must name the identity's account, and assertions of an
+identity bound to a FedRAMP account must come with ``X-OpenAI-Fedramp: true`` (§6.2, §15).
 """
 
 from __future__ import annotations
@@ -20,13 +23,15 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Final
 
 from broker.core.credentials.ports import Clock
 from broker.core.protocol.assertion import SCHEME as ASSERTION_SCHEME
 from broker.core.protocol.assertion import parse_assertion, verify_assertion
-from broker.core.protocol.keys import parse_ssh_public_key
 from broker.core.protocol.task_id import seal_task_id
 from broker.core.protocol.task_registration import verify_task_registration
+from broker.emulator.biscuits import BiscuitBook
+from broker.emulator.bodies import identity_fields, json_object
 from broker.emulator.faults import ENDPOINTS, Fault, FaultQueue
 from broker.emulator.model import (
     EmulatorAccount,
@@ -36,7 +41,18 @@ from broker.emulator.model import (
     Rejection,
     Verified,
 )
-from broker.errors import KeyFormatError, ProtocolError, SignatureInvalid
+from broker.errors import ProtocolError, SignatureInvalid
+
+COUNTERS: Final = (
+    "biscuits_minted",
+    "identity_registrations",
+    "task_registrations",
+    "verifications_ok",
+    "verifications_failed",
+    "faults_applied",
+    "task_registrations_with_credential",
+    "jwts_minted",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,14 +66,6 @@ class _Identity:
 class _Task:
     agent_runtime_id: str
     revoked: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class _Biscuit:
-    method: str
-    url: str
-    account: EmulatorAccount
-    expires_at: datetime
 
 
 @dataclass(slots=True)
@@ -91,14 +99,17 @@ class EmulatorState:
         self._tokens = dict(tokens)
         self._clock = clock
         self._skew = timedelta(seconds=skew_seconds)
-        self._biscuit_ttl = timedelta(seconds=biscuit_ttl_seconds)
         self._plaintext_task_ids = plaintext_task_ids
         self._require_biscuit = require_biscuit
         self._identities: dict[str, _Identity] = {}
         self._tasks: dict[str, _Task] = {}
-        self._biscuits: dict[str, _Biscuit] = {}
+        self._biscuits = BiscuitBook(clock, biscuit_ttl_seconds)
         self._counters = _Counters()
         self.faults = FaultQueue()
+
+    def now(self) -> datetime:
+        """The emulator clock's current time."""
+        return self._clock.now()
 
     # -- credentials ---------------------------------------------------------------------------
 
@@ -124,11 +135,7 @@ class EmulatorState:
         Raises:
             Rejection: 401 for a missing or unknown bearer token.
         """
-        account = self.account_for_bearer(authorization)
-        now = self._clock.now()
-        self._biscuits = {k: b for k, b in self._biscuits.items() if b.expires_at > now}
-        value = "bsct_" + secrets.token_urlsafe(32)
-        self._biscuits[value] = _Biscuit(method.upper(), url, account, now + self._biscuit_ttl)
+        value = self._biscuits.mint(self.account_for_bearer(authorization), method, url)
         self._counters.values["biscuits_minted"] += 1
         return value
 
@@ -138,16 +145,7 @@ class EmulatorState:
         Raises:
             Rejection: 401 ``unknown_biscuit``, ``biscuit_expired`` or ``biscuit_mismatch``.
         """
-        biscuit = self._biscuits.pop(value.strip(), None)
-        if biscuit is None:
-            raise Rejection(401, "unknown_biscuit", "the biscuit is unknown or already used")
-        if biscuit.expires_at <= self._clock.now():
-            raise Rejection(401, "biscuit_expired", "the biscuit has expired")
-        if biscuit.method != method.upper() or biscuit.url != url:
-            raise Rejection(
-                401, "biscuit_mismatch", "the biscuit was minted for another method or URL"
-            )
-        return biscuit.account
+        return self._biscuits.consume(value, method, url)
 
     # -- registration --------------------------------------------------------------------------
 
@@ -171,55 +169,74 @@ class EmulatorState:
             account, via = self.consume_biscuit(biscuit, "POST", url), "biscuit"
         else:
             account, via = self.account_for_bearer(authorization), "bearer"
-        fields = _json_object(body)
-        public_key_text = fields.get("agent_public_key")
-        if not isinstance(public_key_text, str):
-            raise Rejection(400, "invalid_field", "agent_public_key must be a string")
-        try:
-            public_key = parse_ssh_public_key(public_key_text)
-        except KeyFormatError as exc:
-            raise Rejection(400, "invalid_public_key", exc.message) from exc
-        if not isinstance(fields.get("abom"), dict):
-            raise Rejection(400, "invalid_field", "abom must be an object")
-        capabilities = fields.get("capabilities")
-        if not isinstance(capabilities, list) or not all(isinstance(c, str) for c in capabilities):
-            raise Rejection(400, "invalid_field", "capabilities must be an array of strings")
-        ttl = fields.get("ttl")
-        if ttl is not None and (not isinstance(ttl, int) or isinstance(ttl, bool) or ttl <= 0):
-            raise Rejection(400, "invalid_field", "ttl must be null or a positive integer")
+        public_key, capabilities = identity_fields(body)
+        runtime_id = self.add_identity(
+            public_key,
+            account,
+            authorised_by=via,
+            capabilities=capabilities,
+            fedramp_header=fedramp_header,
+        )
+        self._counters.values["identity_registrations"] += 1
+        return runtime_id
+
+    def add_identity(
+        self,
+        public_key: bytes,
+        account: EmulatorAccount,
+        *,
+        authorised_by: str,
+        capabilities: tuple[str, ...],
+        fedramp_header: bool,
+        registered_via: str = "backend-api",
+    ) -> str:
+        """Store an identity whose caller is already authorised; return its new runtime id (§12.1).
+
+        Counts nothing: each registration path counts what it did.
+        """
         runtime_id = "agent-" + secrets.token_hex(12)
         view = EmulatorIdentity(
             agent_runtime_id=runtime_id,
             account_id=account.account_id,
             user_id=account.user_id,
-            authorised_by=via,
-            capabilities=tuple(capabilities),
+            authorised_by=authorised_by,
+            capabilities=capabilities,
             fedramp_header=fedramp_header,
+            registered_via=registered_via,
+            fedramp_account=account.fedramp,
         )
         self._identities[runtime_id] = _Identity(public_key, account, view)
-        self._counters.values["identity_registrations"] += 1
         return runtime_id
 
     def register_task(
-        self, agent_runtime_id: str, *, biscuit: str | None, url: str, body: object
+        self,
+        agent_runtime_id: str,
+        *,
+        biscuit: str | None,
+        url: str,
+        body: object,
+        signature_only: bool = False,
     ) -> dict[str, str]:
         """Verify a signed task registration and mint a task (§5.1, §5.2, §12.2).
+
+        With ``signature_only`` (the AuthAPI, G2-G4) no biscuit is consumed or required: the
+        signature is the only proof.
 
         Raises:
             Rejection: 401 (credential, signature, skew), 403 (biscuit of another account),
                 404 (unknown runtime), 400 (malformed body).
         """
         account: EmulatorAccount | None = None
-        if biscuit:
+        if biscuit and not signature_only:
             account = self.consume_biscuit(biscuit, "POST", url)
-        elif self._require_biscuit:
+        elif self._require_biscuit and not signature_only:
             raise Rejection(401, "biscuit_required", "X-OpenAI-Authorization is required")
         identity = self._identities.get(agent_runtime_id)
         if identity is None:
             raise Rejection(404, "unknown_runtime", "no agent identity has this runtime id")
         if account is not None and account != identity.account:
             raise Rejection(403, "account_mismatch", "the identity belongs to another account")
-        fields = _json_object(body)
+        fields = json_object(body)
         try:
             moment = verify_task_registration(identity.public_key, agent_runtime_id, fields)
         except SignatureInvalid as exc:
@@ -236,24 +253,43 @@ class EmulatorState:
 
     # -- verification --------------------------------------------------------------------------
 
-    def verify(self, authorization: str | None, account_header: str | None) -> Verified:
+    def verify(
+        self,
+        authorization: str | None,
+        account_header: str | None,
+        *,
+        fedramp_header: bool = False,
+    ) -> Verified:
         """Check the ``Authorization`` of a call to a protected endpoint (§6, §12.3).
+
+        Args:
+            authorization: the ``Authorization`` header.
+            account_header: the ``ChatGPT-Account-ID`` header, if sent.
+            fedramp_header: whether ``X-OpenAI-Fedramp: true`` was sent (§6.2).
 
         Raises:
             Rejection: 401 with the reason the credential was refused.
         """
         try:
-            verified = self._verify(authorization, account_header)
+            verified = self._verify(authorization, account_header, fedramp_header)
         except Rejection:
             self._counters.values["verifications_failed"] += 1
             raise
         self._counters.values["verifications_ok"] += 1
         return verified
 
-    def _verify(self, authorization: str | None, account_header: str | None) -> Verified:
+    def _verify(
+        self, authorization: str | None, account_header: str | None, fedramp_header: bool
+    ) -> Verified:
         verified = self._verify_credential(authorization)
         if account_header is not None and account_header != verified.account.account_id:
             raise Rejection(401, "account_mismatch", "ChatGPT-Account-ID names another account")
+        if verified.scheme == ASSERTION_SCHEME and verified.account.fedramp and not fedramp_header:
+            raise Rejection(
+                401,
+                "fedramp_header_missing",
+                "the identity's account is a FedRAMP account: X-OpenAI-Fedramp: true is required",
+            )
         return verified
 
     def _verify_credential(self, authorization: str | None) -> Verified:
@@ -301,6 +337,16 @@ class EmulatorState:
         """Count one request that reached a protocol endpoint."""
         self._counters.by_endpoint[endpoint] += 1
 
+    def count(self, counter: str) -> None:
+        """Add one to a counter of :class:`EmulatorStats` (one of :data:`COUNTERS`).
+
+        Raises:
+            KeyError: no such counter.
+        """
+        if counter not in COUNTERS:
+            raise KeyError(counter)
+        self._counters.values[counter] += 1
+
     def take_fault(self, endpoint: str) -> Fault | None:
         """The injected fault that answers this request, if any (counted as applied)."""
         fault = self.faults.take(endpoint)
@@ -319,6 +365,8 @@ class EmulatorState:
             verifications_failed=values["verifications_failed"],
             faults_applied=values["faults_applied"],
             requests_by_endpoint={name: self._counters.by_endpoint[name] for name in ENDPOINTS},
+            task_registrations_with_credential=values["task_registrations_with_credential"],
+            jwts_minted=values["jwts_minted"],
         )
 
     def revoke_task(self, task_id: str) -> bool:
@@ -345,9 +393,3 @@ class EmulatorState:
             self._identities.clear()
             self._tasks.clear()
             self._biscuits.clear()
-
-
-def _json_object(body: object) -> dict[str, object]:
-    if not isinstance(body, dict):
-        raise Rejection(400, "invalid_body", "the request body must be a JSON object")
-    return {str(k): v for k, v in body.items()}

@@ -694,7 +694,12 @@ class TestControls:
                 "register_identity": 1,
                 "register_task": 1,
                 "protected": 2,
+                "authapi_register_identity": 0,
+                "authapi_register_task": 0,
+                "jwks": 0,
             },
+            "task_registrations_with_credential": 0,
+            "jwts_minted": 0,
         }
         assert driver.emulator.stats().to_json() == expected
         over_http = await driver.http.get(f"{driver.emulator.root_url}/_emulator/stats")

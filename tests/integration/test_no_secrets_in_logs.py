@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import grpc
 import pytest
@@ -80,3 +81,48 @@ class TestNoSecrets:
             assert secret not in text
             for message in errors:
                 assert secret not in message
+
+    async def test_jwt_identity(
+        self, start_broker: StartBroker, emulator: Emulator, tmp_path: Path
+    ) -> None:
+        """A JWT identity's token and embedded private key never reach the log or an error."""
+        stream = io.StringIO()
+        configure_logging("debug", stream)
+        good = emulator.mint_agent_identity_jwt("acct-j", user_id="user-j")
+        jwt_file = tmp_path / "agent.jwt"
+        jwt_file.write_text(good)
+        broker = await start_broker(
+            account_id=None,
+            env={
+                "BROKER_PROTOCOL": "authapi",
+                "BROKER_AUTHAPI_URL": emulator.authapi_url,
+                "BROKER_IDENTITY_SOURCE": "jwt",
+                "BROKER_AGENT_IDENTITY_JWT_FILE": str(jwt_file),
+            },
+        )
+        auth = (await broker.stub.GetAuthorization(pb.GetAuthorizationRequest())).authorization
+        record = await broker.app.authorizer.identity_manager.peek(
+            broker.app.authorizer.runtime("")
+        )
+        assert record is not None
+        expired = emulator.mint_agent_identity_jwt(
+            "acct-j", user_id="user-j", lifetime_seconds=-3600
+        )
+        jwt_file.write_text(expired)
+        errors = []
+        for thread in ("a", "b", "c"):
+            try:
+                await broker.stub.GetAuthorization(pb.GetAuthorizationRequest(thread_id=thread))
+            except grpc.aio.AioRpcError as exc:
+                errors.append(exc.details() or "")
+        await broker.close()
+        text = stream.getvalue()
+        for secret in (
+            good,
+            expired,
+            good.split(".")[1],
+            record.key.to_pkcs8_base64(),
+            auth.header_value.split(" ", 1)[1],
+        ):
+            assert secret not in text
+            assert all(secret not in message for message in errors)

@@ -268,7 +268,9 @@ class Authorizer:
     ) -> Authorization:
         spec = runtime.spec
         if not spec.has_bearer:
-            if isinstance(exc, IdentityUnusable):
+            # No Bearer to fall back to (§8.4): the error itself is the answer; a JWKS outage
+            # stays UNAVAILABLE (retryable), an untrusted JWT FAILED_PRECONDITION.
+            if isinstance(exc, IdentityUnusable | ControlPlaneUnavailable):
                 raise exc
             raise IdentityUnusable(f"identity {spec.name!r} is unusable: {exc.message}") from exc
         if thread_id:
