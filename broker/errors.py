@@ -188,3 +188,31 @@ class SealingError(BrokerError):
 
     reason = "SEALED_VALUE_INVALID"
     kind = ErrorKind.INTERNAL
+
+
+class RefreshRejected(BrokerError):
+    """The provider refused the refresh token (``invalid_grant``): the login must be redone."""
+
+    reason = "REAUTH_REQUIRED"
+    kind = ErrorKind.FAILED_PRECONDITION
+
+
+class RefreshOutcomeUnknown(BrokerError):
+    """A refresh request may have reached the provider but its answer was lost."""
+
+    reason = "REFRESH_OUTCOME_UNKNOWN"
+    kind = ErrorKind.UNAVAILABLE
+
+
+class RefreshUnavailable(BrokerError):
+    """The provider could not be asked (nothing consumed); a later refresh may succeed."""
+
+    reason = "REFRESH_UNAVAILABLE"
+    kind = ErrorKind.UNAVAILABLE
+
+
+class AccountUnusable(BrokerError):
+    """The account's login cannot give a Bearer (re-login needed, or not imported)."""
+
+    reason = "REAUTH_REQUIRED"
+    kind = ErrorKind.FAILED_PRECONDITION

@@ -60,6 +60,11 @@ class Event(enum.StrEnum):
     FALLBACK_BEARER = "fallback.bearer"
     BOOTSTRAP_COOLDOWN = "bootstrap.cooldown_started"
     BEARER_RELOADED = "bearer.reloaded"
+    ACCOUNT_IMPORTED = "account.imported"
+    ACCOUNT_REFRESHED = "account.refreshed"
+    ACCOUNT_REFRESH_FAILED = "account.refresh_failed"
+    ACCOUNT_REAUTH_REQUIRED = "account.reauth_required"
+    ACCOUNT_BINDING_CHANGED = "account.binding_changed"
     # transport
     RPC_COMPLETED = "rpc.completed"
     RPC_INTERNAL_ERROR = "rpc.internal_error"
@@ -136,8 +141,8 @@ class EventSpec:
         event: its name.
         level: the level it is normally written at.
         description: one line saying which fact it records.
-        fields: the fields it carries besides :data:`BASE_FIELDS` (and :data:`CONTEXT_FIELDS`
-            when written while serving an RPC).
+        fields: the fields it carries besides :data:`broker.catalog.BASE_FIELDS` (and
+            :data:`broker.catalog.CONTEXT_FIELDS` when written while serving an RPC).
         other_levels: further levels it may be written at, each with when.
     """
 

@@ -22,9 +22,11 @@ import structlog
 from broker.secrets import Secret
 
 REDACTED: Final = "[REDACTED]"
+# Field names are snake_case; a secret-sounding word must be a whole word of the name
+# ("access_token", "kek"), so counters keyed by RPC names ("GetAuthorization") stay readable.
 _SECRET_FIELD: Final = re.compile(
-    r"(token|secret|password|authorization|header_value|private_key|biscuit|assertion_header|kek)",
-    re.IGNORECASE,
+    r"(?:^|_)(token|secret|password|authorization|header_value|private_key|biscuit|"
+    r"assertion_header|kek|jwt|refresh_token|id_token)(?:$|_)"
 )
 _SECRET_TEXT: Final = re.compile(
     r"(AgentAssertion\s+[A-Za-z0-9_\-]{8,}"

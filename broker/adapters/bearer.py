@@ -33,6 +33,9 @@ class StaticBearer:
         """The token."""
         return self._token
 
+    async def rejected(self, token: Secret) -> None:
+        """Nothing to do: a fixed token cannot change."""
+
 
 class TokenFileBearer:
     """The token is the stripped content of a file, re-read when the file changes."""
@@ -57,6 +60,11 @@ class TokenFileBearer:
             self._checked_at = now
             await asyncio.to_thread(self._refresh)
         return self._token
+
+    async def rejected(self, token: Secret) -> None:
+        """Look at the file again now: an external refresher may have rewritten it."""
+        self._checked_at = None
+        await self.token()
 
     def _refresh(self) -> None:
         try:

@@ -21,7 +21,13 @@ from typing import TYPE_CHECKING, Final, Generic, TypeVar
 from broker.adapters.store import keys
 from broker.adapters.store._codec import iso
 from broker.adapters.store._fanout import Fanout
-from broker.core.credentials.model import BACKGROUND, CachedAssertion, IdentityRecord, TaskRecord
+from broker.core.credentials.model import (
+    BACKGROUND,
+    AccountRecord,
+    CachedAssertion,
+    IdentityRecord,
+    TaskRecord,
+)
 from broker.core.credentials.ports import Clock
 
 if TYPE_CHECKING:
@@ -59,6 +65,7 @@ class EmbeddedStore:
         self._assertions: Final[dict[str, _Entry[CachedAssertion]]] = {}
         self._locks: Final[dict[str, _Entry[str]]] = {}
         self._cooldowns: Final[dict[str, _Entry[bool]]] = {}
+        self._accounts: Final[dict[str, AccountRecord]] = {}
         self._fanout: Final = Fanout()
         self._next_sweep = clock.monotonic() + _SWEEP_INTERVAL_S
 
@@ -176,6 +183,14 @@ class EmbeddedStore:
         self._sweep()
         self._locks[key] = _Entry(token, expires_at)
         return token
+
+    async def load_account(self, identity: str) -> AccountRecord | None:
+        """The stored login, or ``None``."""
+        return self._accounts.get(identity)
+
+    async def save_account(self, record: AccountRecord) -> None:
+        """Store (overwrite) the login."""
+        self._accounts[record.identity] = record
 
     async def start_cooldown(self, identity: str, name: str, ttl_seconds: float) -> None:
         """Set the cooldown marker for ``ttl_seconds``."""

@@ -70,6 +70,11 @@ def assertion_key(identity: str, task_id: str) -> str:
     return f"{PREFIX}:{{{identity}}}:assertion:{task_id}"
 
 
+def account_key(identity: str) -> str:
+    """``cb:{<identity>}:account``: the identity's login, tokens sealed (HASH)."""
+    return f"{PREFIX}:{{{identity}}}:account"
+
+
 def cooldown_key(identity: str, name: str) -> str:
     """``cb:{<identity>}:cooldown:<name>``: a fleet-wide back-off marker (STRING with PX TTL)."""
     return f"{PREFIX}:{{{identity}}}:cooldown:{name}"

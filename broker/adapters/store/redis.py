@@ -65,9 +65,10 @@ import structlog
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
-from broker.adapters.store import _codec, _redis_scripts, keys
+from broker.adapters.store import _account_codec, _codec, _redis_scripts, keys
 from broker.adapters.store._fanout import Fanout
 from broker.adapters.store._redis_client import (
+    ClusterReady,
     RedisClient,
     connection_settings,
     describe_client,
@@ -75,7 +76,13 @@ from broker.adapters.store._redis_client import (
     make_client,
 )
 from broker.adapters.store._redis_subscriber import FAILURES, InvalidationSubscriber
-from broker.core.credentials.model import BACKGROUND, CachedAssertion, IdentityRecord, TaskRecord
+from broker.core.credentials.model import (
+    BACKGROUND,
+    AccountRecord,
+    CachedAssertion,
+    IdentityRecord,
+    TaskRecord,
+)
 from broker.core.credentials.ports import Sealer
 from broker.errors import StoreCorrupt, StoreUnavailable
 from broker.events import Event
@@ -136,6 +143,7 @@ class RedisStore:
         self._state: Literal["unknown", "up", "down"] = "unknown"
         self._closed = False
         self._sharded: Final = isinstance(client, RedisCluster)
+        self._cluster_ready: Final = ClusterReady(client)
         self._fanout: Final = Fanout()
         self._subscriber: Final = InvalidationSubscriber(
             client,
@@ -222,6 +230,24 @@ class RedisStore:
         key = keys.identity_key(record.name)
         fields = _codec.encode_identity(record, key, self._sealer)
         await self._write_hash("save_identity", key, fields, 0)
+
+    async def load_account(self, identity: str) -> AccountRecord | None:
+        """The identity's login (tokens unsealed), or ``None``."""
+        key = keys.account_key(identity)
+        raw = await self._read_hash("load_account", key)
+        if raw is None:
+            return None
+        try:
+            return _account_codec.decode_account(identity, _fields(raw), key, self._sealer)
+        except StoreCorrupt as exc:
+            await self._discard(key, exc.message, "hash", [b for kv in raw.items() for b in kv])
+            return None
+
+    async def save_account(self, record: AccountRecord) -> None:
+        """Replace the login atomically, its tokens sealed."""
+        key = keys.account_key(record.identity)
+        fields = _account_codec.encode_account(record, key, self._sealer)
+        await self._write_hash("save_account", key, fields, 0)
 
     async def delete_identity(self, identity: str) -> None:
         """Delete the identity record and the background task of its runtime."""
@@ -398,6 +424,7 @@ class RedisStore:
         if self._closed:
             raise StoreUnavailable(f"redis store for {self._where} is closed ({op})")
         try:
+            await self._cluster_ready.ensure()
             result = await command()
         except ResponseError as exc:
             if str(exc).startswith("WRONGTYPE"):

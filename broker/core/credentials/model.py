@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Final
 
 from broker.core.protocol.keys import AgentKey
+from broker.core.protocol.login import LoginTokens
 from broker.secrets import Secret
 
 BACKGROUND: Final = "background"
@@ -142,3 +143,34 @@ class Authorization:
     fallback_reason: FallbackReason = FallbackReason.NONE
     companion_headers: dict[str, str] = field(default_factory=dict)
     thread_id: str = ""
+
+
+class AccountState(enum.Enum):
+    """Whether a login can still be refreshed."""
+
+    ACTIVE = "active"
+    REAUTH_REQUIRED = "reauth_required"
+
+
+@dataclass(frozen=True, slots=True)
+class AccountRecord:
+    """An identity's ChatGPT login, as the broker persists it (sealed tokens, public facts).
+
+    Attributes:
+        identity: the identity the login belongs to.
+        tokens: the three tokens and the facts read from them.
+        last_refresh: when the tokens were last obtained.
+        state: ``reauth_required`` once the provider refused the login for good.
+        burned_refresh: SHA-256 of a refresh token whose refresh outcome is unknown: the fleet
+            never sends it again (a reuse would revoke the whole token family).
+        version: bumped at every write, so replicas notice a newer login.
+        detail: why the state is what it is (no secret).
+    """
+
+    identity: str
+    tokens: LoginTokens
+    last_refresh: datetime
+    state: AccountState = AccountState.ACTIVE
+    burned_refresh: str | None = None
+    version: int = 1
+    detail: str = ""

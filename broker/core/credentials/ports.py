@@ -11,7 +11,8 @@ from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
 from typing import Protocol
 
-from broker.core.credentials.model import CachedAssertion, IdentityRecord, TaskRecord
+from broker.core.credentials.model import AccountRecord, CachedAssertion, IdentityRecord, TaskRecord
+from broker.core.protocol.login import LoginTokens
 from broker.secrets import Secret
 
 
@@ -102,6 +103,14 @@ class Store(Protocol):
         """Release the lock if ``token`` still owns it (compare-and-delete); report whether it did."""
         ...
 
+    async def load_account(self, identity: str) -> AccountRecord | None:
+        """The identity's stored login, or ``None``."""
+        ...
+
+    async def save_account(self, record: AccountRecord) -> None:
+        """Persist (overwrite) the login; its tokens are sealed at rest."""
+        ...
+
     async def start_cooldown(self, identity: str, name: str, ttl_seconds: float) -> None:
         """Set a fleet-wide back-off marker (e.g. after a bootstrap failure) for ``ttl_seconds``."""
         ...
@@ -161,7 +170,29 @@ class BearerSource(Protocol):
     """The account's OAuth access token (for fallbacks and registration)."""
 
     async def token(self) -> Secret | None:
-        """The current access token, or ``None`` when there is none."""
+        """The current access token, or ``None`` when there is none.
+
+        Raises:
+            BrokerError: a precise reason the account cannot give a token (e.g. re-login needed).
+        """
+        ...
+
+    async def rejected(self, token: Secret) -> None:
+        """A worker reports that the control plane refused ``token`` (401): refresh or re-read."""
+        ...
+
+
+class TokenEndpoint(Protocol):
+    """The OAuth provider's token endpoint (refresh grant)."""
+
+    async def refresh(self, refresh_token: Secret) -> LoginTokens:
+        """Exchange a refresh token for new tokens (the old refresh token is consumed).
+
+        Raises:
+            RefreshRejected: ``invalid_grant``: the login is gone.
+            RefreshOutcomeUnknown: the request may have reached the provider; never resend it.
+            RefreshUnavailable: nothing was consumed (connect failure, 5xx); safe to try later.
+        """
         ...
 
 

@@ -199,7 +199,10 @@ class Authorization(_message.Message):
 
     @_builtins.property
     def expires_at(self) -> _timestamp_pb2.Timestamp:
-        """When the broker stops handing this value out. Unset for Bearer."""
+        """When the assertion expires (its timestamp plus the assertion TTL). The broker stops handing it
+        out `refresh_margin` earlier, so a returned header always has at least that long left. Unset for
+        Bearer.
+        """
 
     @_builtins.property
     def headers(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
