@@ -36,12 +36,17 @@ run: $(STAMP)
 	$(BIN)/credential-broker dev
 
 # The suite starts its own throw-away redis-server processes on free loopback ports (or uses
-# REDIS_URL when set); the binary is installed here when the machine lacks it.
+# REDIS_URL when set); the binary is installed here when the machine lacks it, and so is h2load
+# (nghttp2-client), the load generator of the benchmark and its smoke test.
 redis-server:
 	@if ! command -v redis-server >/dev/null 2>&1 && [ -z "$${REDIS_URL:-}" ]; then \
 	  echo "redis-server not found; installing it with apt-get"; \
 	  apt-get update -qq && apt-get install -y -qq redis-server; \
 	  systemctl disable --now redis-server >/dev/null 2>&1 || true; \
+	fi
+	@if ! command -v h2load >/dev/null 2>&1; then \
+	  echo "h2load not found; installing nghttp2-client with apt-get"; \
+	  apt-get update -qq && apt-get install -y -qq nghttp2-client; \
 	fi
 
 proto: $(STAMP)
@@ -62,15 +67,95 @@ lint: $(STAMP)
 	$(BIN)/buf lint
 	$(BIN)/buf format --diff --exit-code proto
 
-test: $(STAMP) redis-server check-generated lint
+test: $(STAMP) redis-server check-generated lint clients-check clients-lint
 	$(BIN)/pytest $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory clients-test
 
 # Everything except the slow load/fault/topology tests.
 test-fast: $(STAMP) redis-server
 	$(BIN)/pytest -m 'not slow' $(PYTEST_ARGS)
 
+# redis-server (above) also installs h2load, the load generator.
 bench: $(STAMP) redis-server
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+
+# ---- Clients: clients/python, clients/node, clients/go (each tested against a real broker) ------
+#   make clients        regenerate every client's stubs from proto/
+#   make clients-check  regenerate into a temp dir; fail if the committed stubs are stale
+#   make clients-lint   ruff + mypy --strict + pyright --verifytypes; tsc --noEmit; gofmt + go vet
+#   make clients-test   install what the clients need (apt, npm ci, pip), then run their tests
+# Go builds offline from Debian's packaged sources (clients/go/scripts/go-offline; no module proxy).
+# golang-github-golang-protobuf-1-5-dev is installed after the rest on purpose: it replaces the 1.3
+# version golang-google-grpc-dev pulls in, with which the Go client panics on the first response.
+CLIENTS_APT := golang-go protobuf-compiler protoc-gen-go protoc-gen-go-grpc \
+	golang-google-grpc-dev golang-google-protobuf-dev
+CLIENTS_APT_AFTER := golang-github-golang-protobuf-1-5-dev
+CLIENTS_PY_STAMP := $(VENV)/.clients-python-stamp
+CLIENTS_NODE := clients/node
+CLIENTS_NODE_STAMP := $(CLIENTS_NODE)/node_modules/.package-lock.json
+CLIENTS_BROKER_BIN := $(CURDIR)/$(BIN)/credential-broker
+CLIENTS_PYTEST_ARGS ?=
+
+.PHONY: clients clients-check clients-lint clients-test clients-tools clients-clean
+
+clients-tools:
+	@missing=$$(for p in $(CLIENTS_APT) $(CLIENTS_APT_AFTER); do \
+	  dpkg-query -W -f='$${Status}\n' "$$p" 2>/dev/null | grep -q ' installed$$' || echo "$$p"; \
+	done); \
+	if [ -n "$$missing" ]; then \
+	  echo "client toolchains missing ($$(echo $$missing)); installing them with apt-get"; \
+	  apt-get update -qq; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(CLIENTS_APT) >/dev/null; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(CLIENTS_APT_AFTER) >/dev/null; \
+	fi
+
+$(CLIENTS_NODE_STAMP): $(CLIENTS_NODE)/package.json $(CLIENTS_NODE)/package-lock.json
+	cd $(CLIENTS_NODE) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+$(CLIENTS_PY_STAMP): $(STAMP) clients/python/pyproject.toml
+	$(BIN)/python -m pip install --quiet -e 'clients/python[dev]'
+	@touch $@
+
+clients: $(STAMP) clients-tools $(CLIENTS_NODE_STAMP)
+	clients/python/scripts/gen-proto
+	clients/node/scripts/gen-proto
+	clients/go/scripts/gen-proto
+
+clients-check: $(STAMP) clients-tools $(CLIENTS_NODE_STAMP)
+	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	clients/python/scripts/gen-proto "$$tmp/python"; \
+	clients/node/scripts/gen-proto "$$tmp/node"; \
+	clients/go/scripts/gen-proto "$$tmp/go"; \
+	stale=""; \
+	for pair in "python clients/python/src/credential_broker_client/_proto" \
+	            "node clients/node/src/gen" "go/credentialbrokerv1 clients/go/credentialbrokerv1"; do \
+	  set -- $$pair; \
+	  if ! diff -r -x __pycache__ "$$tmp/$$1" "$$2" >"$$tmp/diff"; then \
+	    head -40 "$$tmp/diff"; stale="$$stale $$2"; \
+	  fi; \
+	done; \
+	if [ -n "$$stale" ]; then \
+	  echo "client stubs are stale:$$stale; run 'make clients' and commit the result"; exit 1; \
+	fi; echo "client stubs are current"
+
+clients-lint: $(CLIENTS_PY_STAMP) clients-tools $(CLIENTS_NODE_STAMP)
+	$(BIN)/ruff format --check clients/python
+	$(BIN)/ruff check clients/python
+	cd clients/python && ../../$(BIN)/mypy --strict
+	cd clients/python && PATH="$(CURDIR)/$(BIN):$$PATH" pyright --verifytypes credential_broker_client --ignoreexternal >/dev/null
+	cd $(CLIENTS_NODE) && npm run --silent lint
+	@unformatted=$$(gofmt -l clients/go); \
+	if [ -n "$$unformatted" ]; then echo "gofmt: $$unformatted"; exit 1; fi
+	clients/go/scripts/go-offline vet ./...
+
+clients-test: $(CLIENTS_PY_STAMP) clients-tools $(CLIENTS_NODE_STAMP)
+	cd clients/python && ../../$(BIN)/pytest $(CLIENTS_PYTEST_ARGS)
+	cd $(CLIENTS_NODE) && CREDENTIAL_BROKER_BIN=$(CLIENTS_BROKER_BIN) npm test --silent
+	CREDENTIAL_BROKER_BIN=$(CLIENTS_BROKER_BIN) clients/go/scripts/go-offline test -count=1 ./...
+
+clients-clean:
+	rm -rf $(CLIENTS_NODE)/node_modules $(CLIENTS_NODE)/dist $(CLIENTS_PY_STAMP)

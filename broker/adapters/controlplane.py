@@ -397,7 +397,11 @@ class ControlPlaneClient:
                 operation=operation,
                 status=200,
             )
-        if not _HEADER_TOKEN.fullmatch(runtime_id) or any(ch in runtime_id for ch in "/?#%"):
+        if (
+            not _HEADER_TOKEN.fullmatch(runtime_id)
+            or any(ch in runtime_id for ch in "/?#%")
+            or runtime_id in (".", "..")
+        ):
             raise ControlPlaneError(
                 f"{operation}: agent_runtime_id is not a usable path segment",
                 operation=operation,

@@ -95,10 +95,11 @@ def register_task_url(base: str, agent_runtime_id: str, *, normalise: bool = Tru
     """``POST {base}/v1/agent/{agent_runtime_id}/task/register``; the id is not percent-encoded (§3.3).
 
     Raises:
-        UrlError: the runtime id contains ``/``, ``?`` or ``#``, which would change the path.
+        UrlError: the runtime id is empty, ``.``/``..``, or contains ``/``, ``?`` or ``#``: any of
+            these would change the path.
     """
-    if any(ch in agent_runtime_id for ch in "/?#") or not agent_runtime_id:
-        raise UrlError("agent_runtime_id is empty or contains a URL delimiter")
+    if any(ch in agent_runtime_id for ch in "/?#") or agent_runtime_id in ("", ".", ".."):
+        raise UrlError("agent_runtime_id is empty, a dot segment, or contains a URL delimiter")
     root = normalize_chatgpt_base_url(base) if normalise else base.rstrip("/")
     return f"{root}/v1/agent/{agent_runtime_id}/task/register"
 

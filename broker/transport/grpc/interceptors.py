@@ -9,16 +9,19 @@ caller's policy in ``CURRENT_CALLER`` for the servicer. When the RPC ends, exact
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import grpc
 import structlog
+from google.protobuf.message import DecodeError
 from structlog.contextvars import bound_contextvars
 
 from broker.core.callers import CallerDenied, CallerPolicy
+from broker.errors import InvalidArgument
 from broker.events import Event
 from broker.transport.grpc.callers import CURRENT_CALLER, CallerGate
 from broker.transport.grpc.status import to_status
@@ -33,12 +36,36 @@ _Stream = Callable[[Any, _Context], AsyncIterator[Any]]
 _QUIET_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
-def _code_name(context: _Context, failed: bool) -> str:
+class _Undecodable:
+    """Stands in for a request whose bytes do not decode as the RPC's message."""
+
+
+_UNDECODABLE: Final = _Undecodable()
+
+
+def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """Wrap a request deserializer so a decode error reaches us (INVALID_ARGUMENT), not grpc
+    (which would answer UNKNOWN before any broker code ran)."""
+    if deserializer is None:
+        return None
+
+    def load(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except DecodeError:
+            return _UNDECODABLE
+
+    return load
+
+
+def _code_name(context: _Context, failure: BaseException | None) -> str:
     # grpc.aio returns None until a status was set; the stubs do not say so.
     code = cast("grpc.StatusCode | None", context.code())
     if code is not None:
         return code.name
-    return "UNKNOWN" if failed else "OK"
+    if isinstance(failure, asyncio.CancelledError):
+        return "CANCELLED"  # the caller ended the call (how every watch stream ends)
+    return "UNKNOWN" if failure is not None else "OK"
 
 
 class RpcInterceptor(grpc.aio.ServerInterceptor):
@@ -70,13 +97,13 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(method, cast("_Unary", handler.unary_unary)),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
                 self._wrap_stream(method, cast("_Stream", handler.unary_stream)),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_stream is not None:
@@ -87,7 +114,13 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
             )
         return handler
 
-    async def _admit(self, method: str, context: _Context) -> CallerPolicy | None:
+    async def _admit(
+        self, method: str, context: _Context, request: Any = None
+    ) -> CallerPolicy | None:
+        if request is _UNDECODABLE:
+            await context.abort_with_status(
+                to_status(InvalidArgument("the request message cannot be decoded"))
+            )
         try:
             metadata = cast(
                 "Iterable[tuple[str, str | bytes]]", context.invocation_metadata() or ()
@@ -102,11 +135,11 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
         method: str,
         caller: CallerPolicy | None,
         context: _Context,
-        failed: bool,
+        failure: BaseException | None,
         started: float,
     ) -> None:
         elapsed = time.perf_counter() - started
-        code = _code_name(context, failed)
+        code = _code_name(context, failure)
         if self._on_completed is not None:
             self._on_completed(method, code, elapsed)
         if caller is not None:
@@ -117,43 +150,43 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
     def _wrap_unary(self, method: str, inner: _Unary) -> _Unary:
         async def unary(request: Any, context: _Context) -> Any:
             started = time.perf_counter()
-            failed = False
+            failure: BaseException | None = None
             caller: CallerPolicy | None = None
             with bound_contextvars(
                 rpc_method=method, request_id=secrets.token_hex(8), peer=context.peer()
             ):
                 try:
-                    caller = await self._admit(method, context)
+                    caller = await self._admit(method, context, request)
                     # Each RPC runs in its own task, so the value ends with it.
                     CURRENT_CALLER.set(caller)
                     with bound_contextvars(caller=caller.name if caller else None):
                         return await inner(request, context)
-                except BaseException:
-                    failed = True
+                except BaseException as exc:
+                    failure = exc
                     raise
                 finally:
-                    self._completed(method, caller, context, failed, started)
+                    self._completed(method, caller, context, failure, started)
 
         return unary
 
     def _wrap_stream(self, method: str, inner: _Stream) -> _Stream:
         async def stream(request: Any, context: _Context) -> AsyncIterator[Any]:
             started = time.perf_counter()
-            failed = False
+            failure: BaseException | None = None
             caller: CallerPolicy | None = None
             with bound_contextvars(
                 rpc_method=method, request_id=secrets.token_hex(8), peer=context.peer()
             ):
                 try:
-                    caller = await self._admit(method, context)
+                    caller = await self._admit(method, context, request)
                     CURRENT_CALLER.set(caller)
                     with bound_contextvars(caller=caller.name if caller else None):
                         async for item in inner(request, context):
                             yield item
-                except BaseException:
-                    failed = True
+                except BaseException as exc:
+                    failure = exc
                     raise
                 finally:
-                    self._completed(method, caller, context, failed, started)
+                    self._completed(method, caller, context, failure, started)
 
         return stream

@@ -87,7 +87,7 @@ class TestEndpoints:
             == "https://chatgpt.com/backend-api/v1/agent/agent-1/task/register"
         )
 
-    @pytest.mark.parametrize("runtime_id", ["", "a/b", "a?b", "a#b"])
+    @pytest.mark.parametrize("runtime_id", ["", ".", "..", "a/b", "a?b", "a#b"])
     def test_runtime_id_cannot_change_the_path(self, runtime_id: str) -> None:
         """A runtime id that would change the URL's path is refused."""
         with pytest.raises(UrlError):
