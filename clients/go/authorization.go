@@ -1,0 +1,109 @@
+package credentialbroker
+
+import (
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	pb "credential-broker/clients/go/credentialbrokerv1"
+)
+
+// Authorization is one header value from the broker, ready to put on a request to the control plane.
+type Authorization struct {
+	// HeaderValue is the complete value of the Authorization header. A secret: never log it
+	// (String and fmt's %v leave it out).
+	HeaderValue string
+	// Scheme is "AgentAssertion", "Bearer" or "unspecified" (a scheme this client does not know).
+	Scheme string
+	// Identity is the broker's name of the identity that produced it.
+	Identity string
+	// AgentRuntimeID is empty for a Bearer.
+	AgentRuntimeID string
+	// TaskID is empty for a Bearer.
+	TaskID string
+	// TaskKind is "background", "thread" or "unspecified" (a Bearer).
+	TaskKind string
+	// ThreadID is the thread the task belongs to; empty for the background task.
+	ThreadID string
+	// IssuedAt is when the assertion was signed; zero for a Bearer.
+	IssuedAt time.Time
+	// ExpiresAt is when the broker stops handing this value out; zero for a Bearer.
+	ExpiresAt time.Time
+	// FallbackReason says why a Bearer was returned: "none" for an assertion, else "disabled",
+	// "unsupported_host", "task_registration_unavailable", "identity_unavailable", "requested", ...
+	FallbackReason string
+	// Headers are the companion headers to send with it (ChatGPT-Account-ID, X-OpenAI-Fedramp).
+	Headers map[string]string
+}
+
+// Apply sets the Authorization header and its companions on req (replacing earlier values).
+func (a *Authorization) Apply(req *http.Request) {
+	for name, value := range a.Headers {
+		req.Header.Set(name, value)
+	}
+	req.Header.Set("Authorization", a.HeaderValue)
+}
+
+// String describes the header without its secret value.
+func (a *Authorization) String() string {
+	return fmt.Sprintf(
+		"Authorization{scheme=%s identity=%s task=%s kind=%s thread=%q expires=%s fallback=%s}",
+		a.Scheme, a.Identity, a.TaskID, a.TaskKind, a.ThreadID,
+		a.ExpiresAt.Format(time.RFC3339), a.FallbackReason,
+	)
+}
+
+var schemes = map[pb.Scheme]string{
+	pb.Scheme_SCHEME_AGENT_ASSERTION: "AgentAssertion",
+	pb.Scheme_SCHEME_BEARER:          "Bearer",
+}
+
+var taskKinds = map[pb.TaskKind]string{
+	pb.TaskKind_TASK_KIND_BACKGROUND: "background",
+	pb.TaskKind_TASK_KIND_THREAD:     "thread",
+}
+
+func fallbackReason(value pb.FallbackReason) string {
+	if value == pb.FallbackReason_FALLBACK_REASON_UNSPECIFIED {
+		return "none"
+	}
+	name, known := pb.FallbackReason_name[int32(value)]
+	if !known {
+		return "unknown"
+	}
+	return strings.ToLower(strings.TrimPrefix(name, "FALLBACK_REASON_"))
+}
+
+func orUnspecified(name string, known bool) string {
+	if !known {
+		return "unspecified"
+	}
+	return name
+}
+
+func fromMessage(message *pb.Authorization) *Authorization {
+	scheme, schemeKnown := schemes[message.GetScheme()]
+	kind, kindKnown := taskKinds[message.GetTaskKind()]
+	auth := &Authorization{
+		HeaderValue:    message.GetHeaderValue(),
+		Scheme:         orUnspecified(scheme, schemeKnown),
+		Identity:       message.GetIdentity(),
+		AgentRuntimeID: message.GetAgentRuntimeId(),
+		TaskID:         message.GetTaskId(),
+		TaskKind:       orUnspecified(kind, kindKnown),
+		ThreadID:       message.GetThreadId(),
+		FallbackReason: fallbackReason(message.GetFallbackReason()),
+		Headers:        make(map[string]string, len(message.GetHeaders())),
+	}
+	if message.IssuedAt != nil {
+		auth.IssuedAt = message.IssuedAt.AsTime()
+	}
+	if message.ExpiresAt != nil {
+		auth.ExpiresAt = message.ExpiresAt.AsTime()
+	}
+	for name, value := range message.GetHeaders() {
+		auth.Headers[name] = value
+	}
+	return auth
+}
