@@ -66,6 +66,10 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/buf lint
 	$(BIN)/buf format --diff --exit-code proto
+	$(BIN)/python -m broker.catalog --check
+	$(BIN)/kubernetes-validate --strict -k 1.30.0 deploy/kubernetes/*.yaml
+	$(BIN)/yamllint -d "{extends: default, rules: {line-length: {max: 120}, document-start: disable}}" deploy
+	$(BIN)/hadolint --failure-threshold warning deploy/Dockerfile
 
 test: $(STAMP) redis-server check-generated lint clients-check clients-lint
 	$(BIN)/pytest $(PYTEST_ARGS)

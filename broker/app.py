@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 import httpx
@@ -26,19 +28,22 @@ from broker.adapters.bearer import StaticBearer, TokenFileBearer
 from broker.adapters.clock import SystemClock
 from broker.adapters.controlplane import ControlPlaneClient, build_http_client
 from broker.adapters.identity_sources import ImportIdentitySource, JwksCache, JwtIdentitySource
+from broker.adapters.oauth import OAuthTokenEndpoint
 from broker.adapters.sealing import PlaintextSealer, Sealer, load_kek_file
 from broker.adapters.store.embedded import EmbeddedStore
 from broker.adapters.store.redis import RedisStore
 from broker.config import IdentitySettings, Settings
 from broker.core.callers import CallerRegistry
+from broker.core.credentials.account import AccountLogin, import_login
 from broker.core.credentials.admin import AdminOperations
-from broker.core.credentials.authorizer import Authorizer
+from broker.core.credentials.authorizer import ALL_SLOTS, Authorizer
 from broker.core.credentials.circuit import CircuitBreaker, CircuitState
 from broker.core.credentials.identity import IdentityManager
 from broker.core.credentials.ports import BearerSource, Clock, IdentitySource, Store
 from broker.core.credentials.spec import IdentityRuntime, IdentitySpec, Source
 from broker.core.credentials.tasks import TaskRegistry
 from broker.core.protocol import agent_jwt
+from broker.core.protocol.login import parse_auth_json
 from broker.errors import BrokerError, ConfigError
 from broker.events import Event
 from broker.transport.grpc.admin import AdminServicer
@@ -154,10 +159,14 @@ class BrokerApp:
         self.store: Store = store if store is not None else build_store(settings, self.clock)
         self._http: httpx.AsyncClient = build_http_client()
         runtimes: dict[str, IdentityRuntime] = {}
+        self.logins: dict[str, AccountLogin] = {}
         self.breakers: dict[str, CircuitBreaker] = {}
         for identity in settings.identities:
             spec = identity_spec(settings, identity)
-            bearer = (bearer_sources or {}).get(identity.name) or self._bearer_for(identity)
+            login = self._login_for(identity)
+            bearer = (
+                (bearer_sources or {}).get(identity.name) or login or self._bearer_for(identity)
+            )
             client = ControlPlaneClient(
                 self._http,
                 base_url=identity.controlplane_url,
@@ -175,7 +184,7 @@ class BrokerApp:
             )
             self.breakers[identity.name] = breaker
             runtimes[identity.name] = IdentityRuntime(
-                spec, breaker, bearer, self._source_for(identity)
+                spec, breaker, bearer, self._source_for(identity), login
             )
         lock_ttl = settings.registration_deadline + 5.0
         wait_deadline = lock_ttl + 5.0
@@ -204,6 +213,29 @@ class BrokerApp:
         self._server: grpc.aio.Server | None = None
         self._background: list[asyncio.Task[None]] = []
         self.port: int | None = None
+
+    def _login_for(self, identity: IdentitySettings) -> AccountLogin | None:
+        if identity.account_source != "login":
+            return None
+        assert identity.oauth_client_id is not None  # noqa: S101  (config guarantees it)
+        login = AccountLogin(
+            identity=identity.name,
+            store=self.store,
+            endpoint=OAuthTokenEndpoint(
+                self._http, issuer=identity.oauth_issuer, client_id=identity.oauth_client_id
+            ),
+            clock=self.clock,
+            refresh_margin=identity.account_refresh_margin,
+            on_binding_change=self._binding_changed,
+        )
+        self.logins[identity.name] = login
+        return login
+
+    async def _binding_changed(self, name: str) -> None:
+        """A refreshed login names another account or user: the old identity is discarded (§9.3)."""
+        await self.store.delete_identity(name)
+        self.authorizer.drop_identity(name)
+        await self.store.publish_invalidation(name, ALL_SLOTS)
 
     def _source_for(self, identity: IdentitySettings) -> IdentitySource | None:
         if identity.source is Source.IMPORT:
@@ -243,6 +275,9 @@ class BrokerApp:
         Raises:
             ConfigError: the listen address cannot be bound.
         """
+        for identity in self.settings.identities:
+            if identity.account_file is not None and identity.name in self.logins:
+                await self._import_account_file(identity.name, identity.account_file)
         for name in self.authorizer.identity_names:
             runtime = self.authorizer.runtime(name)
             if isinstance(runtime.source, ImportIdentitySource):
@@ -293,6 +328,17 @@ class BrokerApp:
             store="redis" if self.store.shared else "embedded",
             identities=self.authorizer.identity_names,
         )
+
+    async def _import_account_file(self, name: str, path: Path) -> None:
+        """Seed the store with a login file once; a login already stored (maybe refreshed since)
+        wins over the file."""
+        try:
+            document = json.loads(await asyncio.to_thread(path.read_text, encoding="utf-8"))
+            tokens = parse_auth_json(document if isinstance(document, dict) else {})
+        except (OSError, ValueError, BrokerError) as exc:
+            detail = exc.message if isinstance(exc, BrokerError) else str(exc)
+            raise ConfigError(f"identities.{name}.account_file: {detail}") from exc
+        await import_login(self.store, name, tokens, self.clock, replace=False)
 
     async def _check_store(self) -> None:
         try:
@@ -354,6 +400,8 @@ class BrokerApp:
         await self.health.enter_graceful_shutdown()
         # Watch streams end cleanly first; unary calls in flight get the grace period.
         await self.authorizer.close()
+        for login in self.logins.values():
+            await login.close()
         if self._server is not None:
             await self._server.stop(grace)
         for task in self._background:

@@ -97,6 +97,16 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("--broker", help="fetch the public key from this broker")
     inspect.add_argument("--identity", default="")
 
+    account = commands.add_parser("account", help="the account's ChatGPT login")
+    account_commands = account.add_subparsers(dest="account_command", required=True)
+    account_import = account_commands.add_parser(
+        "import", help="seal a login (auth.json) into the store and print its public facts"
+    )
+    account_import.add_argument("path", help="the login file, or - for stdin")
+    account_import.add_argument("--identity", default="", help="identity name (default: default)")
+    account_show = account_commands.add_parser("show", help="print a stored login's public facts")
+    account_show.add_argument("--identity", default="")
+
     caller = commands.add_parser("caller", help="caller tokens")
     caller_commands = caller.add_subparsers(dest="caller_command", required=True)
     caller_commands.add_parser("new-token", help="print a new caller token and its config hash")
@@ -105,6 +115,15 @@ def _parser() -> argparse.ArgumentParser:
     kek = commands.add_parser("kek", help="key-encryption keys")
     kek_commands = kek.add_subparsers(dest="kek_command", required=True)
     kek_commands.add_parser("generate", help="print a new KEK line for BROKER_KEK_FILE")
+
+    dashboard = commands.add_parser(
+        "dashboard", help="live view of broker logs: stdin, or FILEs followed like tail -F"
+    )
+    dashboard.add_argument("files", nargs="*", metavar="FILE", help="log files (default: stdin)")
+    dashboard.add_argument("--once", action="store_true", help="print one snapshot and exit")
+    dashboard.add_argument("--format", choices=("table", "json"), default="table")
+    dashboard.add_argument("--window", type=float, default=60.0, help="sliding window, seconds")
+    dashboard.add_argument("--refresh", type=float, default=1.0, help="seconds between redraws")
     return parser
 
 
@@ -139,8 +158,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             from broker.client_cli import inspect_header
 
             return asyncio.run(inspect_header(args))
+        if args.command == "account":
+            from broker.account_cli import run_account_command
+
+            configure_logging("warning")
+            return asyncio.run(run_account_command(args))
         if args.command == "caller":
             return _caller_command(args.caller_command)
+        if args.command == "dashboard":
+            from broker.dashboard import run_dashboard
+
+            return run_dashboard(
+                args.files,
+                once=args.once,
+                output=args.format,
+                window=args.window,
+                refresh=args.refresh,
+            )
         if args.command == "kek":
             from broker.adapters.sealing import generate_kek_line
 

@@ -54,6 +54,11 @@ class IdentitySettings:
     jwt_issuer: str = DEFAULT_ISSUER
     jwt_audience: str = DEFAULT_AUDIENCE
     bootstrap_cooldown: float = 3600.0
+    account_source: str = "token_file"
+    account_file: Path | None = None
+    oauth_issuer: str = "https://auth.openai.com"
+    oauth_client_id: str | None = None
+    account_refresh_margin: float = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +184,11 @@ def _identity(name: str, table: Mapping[str, Any], where: str) -> IdentitySettin
         "jwt_issuer",
         "jwt_audience",
         "bootstrap_cooldown",
+        "account",
+        "account_file",
+        "oauth_issuer",
+        "oauth_client_id",
+        "account_refresh_margin",
     }
     unknown = sorted(set(table) - known)
     if unknown:
@@ -209,6 +219,12 @@ def _identity(name: str, table: Mapping[str, Any], where: str) -> IdentitySettin
     if source is Source.IMPORT and not import_file:
         raise ConfigError(f"{where}: source 'import' needs import_file")
     jwks = table.get("jwks_url")
+    account_source = str(table.get("account", "token_file"))
+    if account_source not in ("token_file", "login"):
+        raise ConfigError(f"{where}.account: expected token_file or login, got {account_source!r}")
+    if account_source == "login" and not table.get("oauth_client_id"):
+        raise ConfigError(f"{where}.oauth_client_id: an account login needs the OAuth client id")
+    account_file = table.get("account_file")
     enabled = table.get("enabled", table.get("use_agent_identity", True))
     token_file = table.get("bearer_token_file")
     authapi = table.get("authapi_url")
@@ -235,6 +251,15 @@ def _identity(name: str, table: Mapping[str, Any], where: str) -> IdentitySettin
         jwt_audience=str(table.get("jwt_audience", DEFAULT_AUDIENCE)),
         bootstrap_cooldown=_seconds(
             f"{where}.bootstrap_cooldown", table.get("bootstrap_cooldown", 3600)
+        ),
+        account_source=account_source,
+        account_file=_path(f"{where}.account_file", account_file) if account_file else None,
+        oauth_issuer=_url(
+            f"{where}.oauth_issuer", str(table.get("oauth_issuer", "https://auth.openai.com"))
+        ),
+        oauth_client_id=str(table["oauth_client_id"]) if table.get("oauth_client_id") else None,
+        account_refresh_margin=_seconds(
+            f"{where}.account_refresh_margin", table.get("account_refresh_margin", 300)
         ),
     )
 
@@ -317,6 +342,11 @@ _ENV_IDENTITY_KEYS: Final = {
     "BROKER_IMPORT_FILE": "import_file",
     "BROKER_JWKS_URL": "jwks_url",
     "BROKER_BOOTSTRAP_COOLDOWN": "bootstrap_cooldown",
+    "BROKER_ACCOUNT_SOURCE": "account",
+    "BROKER_ACCOUNT_FILE": "account_file",
+    "BROKER_OAUTH_ISSUER": "oauth_issuer",
+    "BROKER_OAUTH_CLIENT_ID": "oauth_client_id",
+    "BROKER_ACCOUNT_REFRESH_MARGIN": "account_refresh_margin",
 }
 _ENV_GLOBAL_KEYS: Final = {
     "BROKER_LISTEN": "listen",
@@ -455,8 +485,13 @@ def _build(
             f"BROKER_LOG_LEVEL: expected debug, info, warning or error, got {log_level!r}"
         )
     redis_url = str(values.get("redis_url") or "").strip() or None
-    if redis_url and not redis_url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError("BROKER_REDIS_URL: expected a redis://, rediss:// or unix:// URL")
+    if redis_url and not redis_url.startswith(
+        ("redis://", "rediss://", "unix://", "redis+sentinel://", "redis+cluster://")
+    ):
+        raise ConfigError(
+            "BROKER_REDIS_URL: expected a redis://, rediss://, unix://, redis+sentinel:// or "
+            "redis+cluster:// URL"
+        )
     kek = values.get("kek_file")
     listen = _listen("BROKER_LISTEN", str(values.get("listen", DEFAULT_LISTEN)))
     insecure = _bool("BROKER_INSECURE", values.get("insecure", False))

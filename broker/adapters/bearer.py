@@ -52,14 +52,27 @@ class TokenFileBearer:
         self._checked_at: float | None = None
         self._signature: tuple[int, int, int] | None = None
         self._token: Secret | None = None
+        self._reading = asyncio.Lock()
 
     async def token(self) -> Secret | None:
-        """The current token, or ``None`` when the file is missing, empty or unreadable."""
-        now = self._clock.monotonic()
-        if self._checked_at is None or now - self._checked_at >= self._recheck:
-            self._checked_at = now
-            await asyncio.to_thread(self._refresh)
+        """The current token, or ``None`` when the file is missing, empty or unreadable.
+
+        Concurrent callers share one read: the first waits for the file, the others wait for it
+        (never a stale ``None`` from a read still in flight).
+        """
+        if self._fresh():
+            return self._token
+        async with self._reading:
+            if not self._fresh():
+                await asyncio.to_thread(self._refresh)
+                self._checked_at = self._clock.monotonic()
         return self._token
+
+    def _fresh(self) -> bool:
+        return (
+            self._checked_at is not None
+            and self._clock.monotonic() - self._checked_at < self._recheck
+        )
 
     async def rejected(self, token: Secret) -> None:
         """Look at the file again now: an external refresher may have rewritten it."""

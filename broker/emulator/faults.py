@@ -5,6 +5,11 @@ Its effects combine in this order: wait ``delay_seconds``; then drop or reset th
 response; else answer ``status`` (default 200 when only ``body`` is set) with ``body`` (default a JSON
 error); else, after a delay alone, let the request through to the real handler. Faults are consumed
 first in, first out.
+
+With ``after_handler`` the real handler runs *first* and its effects stay (a refresh token consumed, a
+task registered), then the fault spoils the answer: the delay holds it (past the client's timeout), a
+drop or reset loses it, or ``status``/``body`` replace it. That is the "the server did it but the
+client never heard" failure, the one that makes blind retries of single-use credentials dangerous.
 """
 
 from __future__ import annotations
@@ -22,9 +27,10 @@ ENDPOINTS: Final = (
     "authapi_register_identity",
     "authapi_register_task",
     "jwks",
+    "oauth_token",
 )
 """Fault and stats names of the protocol endpoints: the ChatGPT backend's (§4.1, §5, §12.3), the
-AuthAPI's (§4.3, §5.1) and the JWKS (§10.3)."""
+AuthAPI's (§4.3, §5.1), the JWKS (§10.3) and the OAuth token endpoint (``POST /oauth/token``)."""
 ANY_ENDPOINT: Final = "*"
 MAX_DELAY_SECONDS: Final = 300.0
 _FIELDS: Final = frozenset(
@@ -37,6 +43,7 @@ _FIELDS: Final = frozenset(
         "reset_connection",
         "body",
         "content_type",
+        "after_handler",
     }
 )
 
@@ -48,7 +55,7 @@ class Fault:
     Attributes:
         endpoint: one of :data:`ENDPOINTS` (``authenticate``, ``register_identity``,
             ``register_task``, ``protected``, ``authapi_register_identity``,
-            ``authapi_register_task``, ``jwks``) or ``*``.
+            ``authapi_register_task``, ``jwks``, ``oauth_token``) or ``*``.
         status: the HTTP status to answer with, or ``None``.
         count: how many matching requests it applies to.
         delay_seconds: wait this long before answering (or before passing the request on).
@@ -56,6 +63,8 @@ class Fault:
         reset_connection: abort the connection with a TCP reset, without any response.
         body: a raw response body to send instead of the default JSON error.
         content_type: the ``Content-Type`` of ``body``.
+        after_handler: run the real handler first (its effects stay), then apply the delay, drop,
+            reset or replacement answer to its response.
 
     Raises:
         ValueError: a field is out of range, or the fault would do nothing.
@@ -69,6 +78,7 @@ class Fault:
     reset_connection: bool = False
     body: str | None = None
     content_type: str = "application/json"
+    after_handler: bool = False
 
     def __post_init__(self) -> None:
         if self.endpoint not in (*ENDPOINTS, ANY_ENDPOINT):
@@ -131,6 +141,7 @@ class Fault:
             reset_connection=_bool(data, "reset_connection"),
             body=_optional_str(data, "body"),
             content_type=_optional_str(data, "content_type") or "application/json",
+            after_handler=_bool(data, "after_handler"),
         )
 
 

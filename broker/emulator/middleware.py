@@ -44,6 +44,14 @@ def error_response(status: int, reason: str, message: str) -> web.Response:
     return web.json_response({"ok": False, "reason": reason, "message": message}, status=status)
 
 
+def note_reason(request: web.Request, reason: str) -> None:
+    """Record a refusal's machine reason for the request's log line.
+
+    For handlers that answer in their own error shape instead of raising :class:`Rejection`.
+    """
+    request[_REASON] = reason
+
+
 def _endpoint_of(request: web.Request) -> str | None:
     resource = request.match_info.route.resource
     return resource.name if resource is not None else None
@@ -104,6 +112,7 @@ class Middleware:
     async def _apply(
         self, request: web.Request, fault: Fault, handler: _Handler
     ) -> web.StreamResponse:
+        handled = await self._answer(request, handler) if fault.after_handler else None
         if fault.delay_seconds:
             await self._pause(fault.delay_seconds)
         if fault.drops:
@@ -120,7 +129,7 @@ class Middleware:
                 body=body.encode("utf-8"),
                 headers={"Content-Type": fault.content_type},
             )
-        return await self._answer(request, handler)
+        return handled if handled is not None else await self._answer(request, handler)
 
     async def _pause(self, seconds: float) -> None:
         # A stopping emulator ends pending delays at once instead of holding shutdown hostage.

@@ -1,9 +1,9 @@
 """The emulator's HTTP server: an aiohttp application around :class:`EmulatorState` (protocol §12).
 
 The application serves the ChatGPT-backend endpoints (:mod:`broker.emulator.routes`), the AuthAPI and
-the JWKS (:mod:`broker.emulator.authapi`) and the ``/_emulator/`` test controls; one middleware
-(:mod:`broker.emulator.middleware`) counts, injects faults, renders refusals as JSON and logs one
-``emulator.request`` event per request. Headers, tokens, biscuits, assertions and JWTs are never logged.
+the JWKS (:mod:`broker.emulator.authapi`), the OAuth token endpoint (:mod:`broker.emulator.oauth`) and
+the ``/_emulator/`` test controls; one middleware (:mod:`broker.emulator.middleware`) counts, injects
+faults, renders refusals as JSON and logs one ``emulator.request`` event per request. Headers, tokens, biscuits, assertions and JWTs are never logged.
 """
 
 from __future__ import annotations
@@ -35,6 +35,9 @@ from broker.emulator.model import (
     EmulatorStats,
     EmulatorTask,
 )
+from broker.emulator.oauth import DEFAULT_CLIENT_ID
+from broker.emulator.oauth_controls import OAuthControls
+from broker.emulator.oauth_routes import OAuthRoutes
 from broker.emulator.routes import PREFIX, ControlRoutes, ProtocolRoutes
 from broker.emulator.state import EmulatorState
 from broker.events import Event
@@ -44,12 +47,15 @@ _SHUTDOWN_GRACE_SECONDS: Final = 1.0
 _log = structlog.get_logger()
 
 
-class Emulator:
+class Emulator(OAuthControls):
     """A faithful, checking emulator of the agent-identity control plane (protocol §12, §15).
 
     It speaks both shapes: the ChatGPT backend under ``/backend-api`` (G1: biscuits, §4.1) and the
     AuthAPI under ``/api/accounts`` (G4: Bearer registration, signature-only tasks, §4.3, §5.1), and
-    it publishes a JWKS and mints Agent Identity JWTs for tests (§10).
+    it publishes a JWKS and mints Agent Identity JWTs for tests (§10). It is also the OAuth provider
+    of ChatGPT logins: :meth:`create_login` makes an ``auth.json`` whose access token is a Bearer
+    here and whose refresh token rotates at ``POST {issuer_url}/oauth/token`` (see
+    :mod:`broker.emulator.oauth`).
 
     Call :meth:`start` and :meth:`stop`, or scope it with ``async with``, which stops it on exit::
 
@@ -66,6 +72,7 @@ class Emulator:
         plaintext_task_ids: answer ``task_id`` instead of ``encrypted_task_id`` (§5.2).
         require_biscuit: whether task registration needs a G1 biscuit (G2-G4 send none, §5.1).
         biscuit_ttl_seconds: lifetime of a minted biscuit (§4.1).
+        oauth_client_id: the only ``client_id`` the OAuth token endpoint accepts.
     """
 
     def __init__(
@@ -77,6 +84,7 @@ class Emulator:
         plaintext_task_ids: bool = False,
         require_biscuit: bool = True,
         biscuit_ttl_seconds: float = 60,
+        oauth_client_id: str = DEFAULT_CLIENT_ID,
     ) -> None:
         self._state = EmulatorState(
             tokens=DEFAULT_TOKENS if tokens is None else tokens,
@@ -91,6 +99,9 @@ class Emulator:
         self._runner: web.AppRunner | None = None
         self._stopping = asyncio.Event()
         self._root_url: str | None = None
+        self._state.logins.configure(
+            sign=self._keys.sign, client_id=oauth_client_id, issuer=lambda: self.root_url
+        )
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -103,6 +114,7 @@ class Emulator:
         ProtocolRoutes(self._state, biscuit_ttl_seconds=self._biscuit_ttl_seconds).install(app)
         ControlRoutes(self._state).install(app)
         AuthApiRoutes(self._state, self._keys).install(app)
+        OAuthRoutes(self._state.logins).install(app)
         return app
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
@@ -213,13 +225,14 @@ class Emulator:
         reset_connection: bool = False,
         body: str | None = None,
         content_type: str = "application/json",
+        after_handler: bool = False,
     ) -> None:
         """Make the next ``count`` requests of ``endpoint`` misbehave (see :class:`Fault`).
 
         Args:
             endpoint: ``authenticate``, ``register_identity``, ``register_task``, ``protected``
                 (ChatGPT backend), ``authapi_register_identity``, ``authapi_register_task``
-                (AuthAPI), ``jwks``, or ``*`` for any of them.
+                (AuthAPI), ``jwks``, ``oauth_token``, or ``*`` for any of them.
             status: answer with this status (default 200 when only ``body`` is set).
             count: how many matching requests the fault applies to.
             delay_seconds: wait before answering, or before passing the request on.
@@ -227,6 +240,8 @@ class Emulator:
             reset_connection: reset (RST) the connection without a response.
             body: a raw response body instead of the default JSON error.
             content_type: the ``Content-Type`` of ``body``.
+            after_handler: let the real handler run first (its effects stay), then delay, drop
+                or replace its answer (see also :meth:`fail_after_consuming`).
 
         Raises:
             ValueError: the fault is malformed or would do nothing.
@@ -241,6 +256,7 @@ class Emulator:
                 reset_connection=reset_connection,
                 body=body,
                 content_type=content_type,
+                after_handler=after_handler,
             )
         )
 
@@ -254,7 +270,7 @@ class Emulator:
             raise KeyError(task_id)
 
     def reset(self, *, state: bool = False) -> None:
-        """Clear faults and counters; with ``state`` also identities, tasks and biscuits."""
+        """Clear faults and counters; with ``state`` also identities, tasks, biscuits and logins."""
         self._state.reset(state=state)
 
     def tasks(self) -> list[EmulatorTask]:

@@ -41,6 +41,7 @@ from broker.emulator.model import (
     Rejection,
     Verified,
 )
+from broker.emulator.oauth import LoginBook
 from broker.errors import ProtocolError, SignatureInvalid
 
 COUNTERS: Final = (
@@ -106,6 +107,7 @@ class EmulatorState:
         self._biscuits = BiscuitBook(clock, biscuit_ttl_seconds)
         self._counters = _Counters()
         self.faults = FaultQueue()
+        self.logins = LoginBook(clock)
 
     def now(self) -> datetime:
         """The emulator clock's current time."""
@@ -124,7 +126,7 @@ class EmulatorState:
         scheme, _, token = authorization.strip().partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Rejection(401, "unknown_token", "Authorization is not a Bearer token")
-        account = self._tokens.get(token.strip())
+        account = self._tokens.get(token.strip()) or self.logins.account_for(token.strip())
         if account is None:
             raise Rejection(401, "unknown_token", "the bearer token is not known")
         return account
@@ -367,6 +369,7 @@ class EmulatorState:
             requests_by_endpoint={name: self._counters.by_endpoint[name] for name in ENDPOINTS},
             task_registrations_with_credential=values["task_registrations_with_credential"],
             jwts_minted=values["jwts_minted"],
+            oauth=self.logins.stats(),
         )
 
     def revoke_task(self, task_id: str) -> bool:
@@ -386,9 +389,10 @@ class EmulatorState:
         return [identity.view for identity in self._identities.values()]
 
     def reset(self, *, state: bool = False) -> None:
-        """Clear faults and counters; with ``state`` also identities, tasks and biscuits."""
+        """Clear faults and counters; with ``state`` also identities, tasks, biscuits and logins."""
         self.faults.clear()
         self._counters = _Counters()
+        self.logins.reset(state=state)
         if state:
             self._identities.clear()
             self._tasks.clear()

@@ -7,6 +7,13 @@ subscription; the listener then resubscribes after a jittered exponential backof
 an outage never turns into a busy loop. Messages published while it is away are lost, as with any
 Redis pub/sub. (The loop is endless by design, so it uses redis-py's backoff arithmetic rather than
 stamina, whose retry hooks would log every attempt of a long outage.)
+
+On a Redis Cluster it uses sharded pub/sub (``SSUBSCRIBE``, Redis 7+): redis-py's ``ClusterPubSub``
+keeps one connection to the node owning the channel's slot, and its confirmations and messages are
+``ssubscribe``/``smessage``. Plain ``SUBSCRIBE`` would also work on a cluster, but every ``PUBLISH``
+is then broadcast to every node over the cluster bus; ``SPUBLISH`` stays within one shard. When that
+node goes away the subscription fails like any other, and the loop subscribes again on whichever node
+owns the slot by then (the cluster client refreshes its slot map first).
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from typing import Any, Final
 import structlog
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterPubSub, RedisCluster
 from redis.backoff import EqualJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
@@ -35,6 +42,9 @@ _BACKOFF_CAP_S: Final = 2.0
 # A subscription silent this long is PINGed; one whose PING stays unanswered as long is dropped.
 # Read at run time, so a test can shorten it.
 _IDLE_PING_S = 15.0
+# Message types of plain and sharded pub/sub.
+_SUBSCRIBED: Final = frozenset({"subscribe", "ssubscribe"})
+_MESSAGE: Final = frozenset({"message", "smessage"})
 
 
 class InvalidationSubscriber:
@@ -45,6 +55,7 @@ class InvalidationSubscriber:
         fanout: where ``(identity, slot)`` messages go.
         on_subscribed: called each time Redis confirms the subscription.
         on_failure: called with ``("invalidations", error)`` each time the subscription is lost.
+        where: describes the server for log events (never a URL with credentials).
     """
 
     def __init__(
@@ -54,8 +65,10 @@ class InvalidationSubscriber:
         *,
         on_subscribed: Callable[[], object],
         on_failure: Callable[[str, BaseException], object],
+        where: Callable[[], str] = lambda: "redis",
     ) -> None:
         self._client: Final = client
+        self._where: Final = where
         self._fanout: Final = fanout
         self._on_subscribed: Final = on_subscribed
         self._on_failure: Final = on_failure
@@ -94,6 +107,7 @@ class InvalidationSubscriber:
         self._ready.clear()
         _log.error(
             Event.STORE_DEGRADED,
+            redis=self._where(),
             operation="invalidations",
             error=type(task.exception()).__name__,
             exc_info=task.exception(),
@@ -103,7 +117,10 @@ class InvalidationSubscriber:
         while True:
             pubsub = self._client.pubsub()
             try:
-                await pubsub.subscribe(keys.INVALIDATION_CHANNEL)
+                if isinstance(pubsub, ClusterPubSub):
+                    await self._sharded_subscribe(pubsub)
+                else:
+                    await pubsub.subscribe(keys.INVALIDATION_CHANNEL)
                 await self._pump(pubsub)
             except FAILURES as exc:
                 self._ready.clear()
@@ -113,28 +130,52 @@ class InvalidationSubscriber:
             finally:
                 await pubsub.aclose()  # type: ignore[no-untyped-call]  # unannotated in redis-py
 
+    async def _sharded_subscribe(self, pubsub: ClusterPubSub) -> None:
+        cluster = self._client
+        assert isinstance(cluster, RedisCluster)  # noqa: S101  (only a cluster makes ClusterPubSub)
+        # The slot map must be known to find the channel's shard; initialize() is a no-op once
+        # done, and after a failure the cluster client has marked itself for a refresh.
+        await cluster.initialize()
+        await pubsub.ssubscribe(keys.INVALIDATION_CHANNEL)
+        if not pubsub.node_pubsub_mapping:
+            raise RedisConnectionError("no node owns the invalidation channel's slot")
+
     async def _pump(self, pubsub: PubSub) -> None:
         loop = asyncio.get_running_loop()
         last_heard = loop.time()
         ping_sent: float | None = None
         while True:
-            message: Any = await pubsub.get_message(timeout=_IDLE_PING_S)
+            message: Any = await (
+                pubsub.get_sharded_message(timeout=_IDLE_PING_S)
+                if isinstance(pubsub, ClusterPubSub)
+                else pubsub.get_message(timeout=_IDLE_PING_S)
+            )
             now = loop.time()
             if message is None:
                 if ping_sent is not None and now - ping_sent >= _IDLE_PING_S:
                     raise RedisConnectionError("the invalidation subscription stopped answering")
                 if ping_sent is None and now - last_heard >= _IDLE_PING_S:
-                    await pubsub.ping()
+                    await self._ping(pubsub)
                     ping_sent = now
                 continue
             last_heard, ping_sent = now, None
             kind = message.get("type")
-            if kind == "subscribe":
+            kind = kind.decode() if isinstance(kind, bytes) else kind
+            if kind in _SUBSCRIBED:
                 self._failures = 0
                 self._ready.set()
                 self._on_subscribed()
-            elif kind == "message":
+            elif kind in _MESSAGE:
                 self._deliver(message.get("data"))
+
+    @staticmethod
+    async def _ping(pubsub: PubSub) -> None:
+        """PING the subscription's connection(s); the PONG comes back as a message."""
+        if isinstance(pubsub, ClusterPubSub):
+            for node in list(pubsub.node_pubsub_mapping.values()):
+                await node.ping()
+        else:
+            await pubsub.ping()
 
     def _deliver(self, data: object) -> None:
         text = data.decode(errors="replace") if isinstance(data, bytes) else str(data)

@@ -38,6 +38,7 @@ import structlog
 from broker.core.credentials.model import AccountRecord, AccountState
 from broker.core.credentials.ports import Clock, Store, TokenEndpoint
 from broker.core.credentials.singleflight import SingleFlight
+from broker.core.protocol.login import LoginTokens
 from broker.errors import (
     AccountUnusable,
     RefreshOutcomeUnknown,
@@ -293,3 +294,42 @@ class AccountLogin:
         if self._background is not None:
             self._background.cancel()
             await asyncio.gather(self._background, return_exceptions=True)
+
+
+def public_facts(record: AccountRecord) -> dict[str, object]:
+    """What may be shown about a login: never a token."""
+    tokens = record.tokens
+    return {
+        "identity": record.identity,
+        "account_id": tokens.account_id,
+        "user_id": tokens.user_id,
+        "plan_type": tokens.plan_type,
+        "fedramp": tokens.fedramp,
+        "access_expires_at": tokens.access_expires_at.isoformat(),
+        "last_refresh": record.last_refresh.isoformat(),
+        "state": record.state.value,
+        "detail": record.detail,
+    }
+
+
+async def import_login(
+    store: Store, identity: str, tokens: LoginTokens, clock: Clock, *, replace: bool = True
+) -> AccountRecord:
+    """Store a login for ``identity`` (sealed), replacing the stored one unless ``replace`` is off.
+
+    The new record's version continues the stored one's, so every replica adopts it.
+    """
+    stored = await store.load_account(identity)
+    if stored is not None and not replace:
+        return stored
+    record = AccountRecord(
+        identity=identity,
+        tokens=tokens,
+        last_refresh=clock.now().replace(microsecond=0),
+        version=(stored.version + 1) if stored is not None else 1,
+    )
+    await store.save_account(record)
+    log.info(
+        Event.ACCOUNT_IMPORTED, **{k: v for k, v in public_facts(record).items() if v is not None}
+    )
+    return record

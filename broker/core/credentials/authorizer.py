@@ -50,6 +50,7 @@ from broker.core.credentials.spec import (
     IdentityRuntime,
     Profile,
     Source,
+    binding,
     validate_identity_name,
     validate_thread_id,
 )
@@ -253,7 +254,7 @@ class Authorizer:
         self, runtime: IdentityRuntime, thread_id: str, slot: str, needed: timedelta
     ) -> Authorization:
         spec = runtime.spec
-        if spec.source is Source.REGISTER and not spec.account_id:
+        if spec.source is Source.REGISTER and not (await binding(runtime))[0]:
             return await self._bearer(runtime, FallbackReason.IDENTITY_UNAVAILABLE, thread_id)
         if self._bootstraps(runtime) and not thread_id:
             remaining = await self._store.cooldown_remaining(spec.name, BOOTSTRAP_COOLDOWN)
@@ -264,7 +265,10 @@ class Authorizer:
         except _FALLBACK_ERRORS as exc:
             return await self._identity_failure(runtime, thread_id, exc)
         try:
-            task = await self._tasks.task_for(runtime, identity, slot)
+            task = await self._tasks.peek(identity, slot)
+            if task is None:
+                identity = await self._identity_manager.reconcile(runtime, identity)
+                task = await self._tasks.task_for(runtime, identity, slot)
         except _FALLBACK_ERRORS as exc:
             return await self._task_failure(runtime, thread_id, exc)
         return await self._assertion(runtime, identity, task, needed)
@@ -443,12 +447,13 @@ class Authorizer:
         self.counters[f"bearer.{reason.value}"] += 1
         if not warned and reason is not FallbackReason.REQUESTED:
             log.debug(Event.FALLBACK_BEARER, identity=spec.name, fallback_reason=reason.value)
+        account_id, _ = await binding(runtime)
         return Authorization(
             header_value=Secret(f"Bearer {token.reveal()}"),
             scheme=Scheme.BEARER,
             identity=spec.name,
             fallback_reason=reason,
-            companion_headers=spec.companion_headers(),
+            companion_headers=spec.companion_headers(account_id),
             thread_id=thread_id,
         )
 
@@ -602,10 +607,11 @@ class Authorizer:
             raise InvalidArgument("http_status must be 401 or 403")
         value = header_value.reveal()
         if value.startswith("Bearer "):
-            # The account's token is refreshed outside the broker (token file); hand out the current one.
-            return Rejection(
-                await self.authorize(spec.name, thread_id, caller=caller), replaced=False
-            )
+            # The account's Bearer was refused: its source refreshes it (a login, once for the
+            # fleet) or re-reads it (a token file); the caller gets whatever is current then.
+            await runtime.bearer.rejected(Secret(value.removeprefix("Bearer ").strip()))
+            current = await self.authorize(spec.name, thread_id, caller=caller)
+            return Rejection(current, replaced=current.header_value != header_value)
         try:
             envelope = parse_assertion(value)
         except ProtocolError as exc:

@@ -10,7 +10,7 @@ import structlog
 from broker.core.credentials.model import IdentityRecord
 from broker.core.credentials.ports import Clock, Store
 from broker.core.credentials.singleflight import SingleFlight, SingleFlightTimeout, fleet_once
-from broker.core.credentials.spec import IdentityRuntime, Profile, Source
+from broker.core.credentials.spec import IdentityRuntime, Profile, Source, binding
 from broker.core.protocol.keys import AgentKey
 from broker.errors import IdentityUnusable, NoBearerToken
 from broker.events import Event
@@ -64,7 +64,7 @@ class IdentityManager:
         assert runtime.source is not None  # noqa: S101  (callers check)
         spec = runtime.spec
         record = await runtime.source.load()
-        problem = self._validation_problem(runtime, record)
+        problem = self._validation_problem(await binding(runtime), runtime, record)
         if problem is not None:
             raise IdentityUnusable(
                 f"identity {spec.name!r} from its {spec.source.value} source fails validation: "
@@ -129,6 +129,40 @@ class IdentityManager:
 
         return await self._flights.do(runtime.spec.name, establish)
 
+    async def reconcile(self, runtime: IdentityRuntime, record: IdentityRecord) -> IdentityRecord:
+        """Make the store agree with this replica before registering a task under ``record``.
+
+        If the store lost the identity (Redis restarted empty), write it back so replicas started
+        later reuse it instead of registering another; if the store holds a newer identity
+        (rotated or re-registered elsewhere), adopt that one.
+        """
+        if runtime.source is not None:
+            return record
+        stored = await self._store.load_identity(runtime.spec.name)
+        if stored is None:
+            token = await self._store.acquire_lock(
+                runtime.spec.name, REGISTRATION_LOCK, self._lock_ttl
+            )
+            if token is None:
+                return record
+            try:
+                if await self._store.load_identity(runtime.spec.name) is None:
+                    await self._store.save_identity(record)
+                    log.warning(
+                        Event.IDENTITY_RESTORED,
+                        identity=runtime.spec.name,
+                        agent_runtime_id=record.agent_runtime_id,
+                    )
+            finally:
+                await self._store.release_lock(runtime.spec.name, REGISTRATION_LOCK, token)
+            return record
+        if stored.agent_runtime_id != record.agent_runtime_id:
+            adopted = await self._load_valid(runtime)
+            if adopted is not None:
+                self._cache[runtime.spec.name] = adopted
+                return adopted
+        return record
+
     async def rotate(self, runtime: IdentityRuntime) -> tuple[IdentityRecord, str | None]:
         """Replace the identity with a newly generated and registered key, under the fleet lock.
 
@@ -176,7 +210,7 @@ class IdentityManager:
         record = await self._store.load_identity(spec.name)
         if record is None:
             return None
-        problem = self._validation_problem(runtime, record)
+        problem = self._validation_problem(await binding(runtime), runtime, record)
         if problem is None:
             log.info(
                 Event.IDENTITY_LOADED,
@@ -195,12 +229,15 @@ class IdentityManager:
         return None
 
     @staticmethod
-    def _validation_problem(runtime: IdentityRuntime, record: IdentityRecord) -> str | None:
-        """The §9.3 checks; the key itself was already parsed by the store (rule 2)."""
+    def _validation_problem(
+        bound: tuple[str | None, str | None], runtime: IdentityRuntime, record: IdentityRecord
+    ) -> str | None:
+        """The §9.3 checks against the current binding; the key was parsed by the store (rule 2)."""
         spec = runtime.spec
-        if spec.account_id and record.account_id != spec.account_id:
+        account_id, user_id = bound
+        if account_id and record.account_id != account_id:
             return "workspace_mismatch"
-        if spec.user_id and record.user_id != spec.user_id:
+        if user_id and record.user_id != user_id:
             return "user_mismatch"
         if spec.source is not Source.JWT and record.name != spec.name:
             return "name_mismatch"
@@ -208,7 +245,8 @@ class IdentityManager:
 
     async def _register(self, runtime: IdentityRuntime) -> IdentityRecord:
         spec = runtime.spec
-        if not spec.account_id:
+        account_id, user_id = await binding(runtime)
+        if not account_id:
             raise IdentityUnusable(
                 f"identity {spec.name!r} has no ChatGPT account binding (set its account_id)"
             )
@@ -226,8 +264,8 @@ class IdentityManager:
             name=spec.name,
             agent_runtime_id=runtime_id,
             key=key,
-            account_id=spec.account_id,
-            user_id=spec.user_id,
+            account_id=account_id,
+            user_id=user_id,
             registered_at=self._clock.now().replace(microsecond=0),
             source="register",
         )

@@ -182,6 +182,14 @@ class BearerSource(Protocol):
         ...
 
 
+class LoginBinding(Protocol):
+    """The account and user a login belongs to (the identity's binding, §9.1)."""
+
+    async def binding(self) -> tuple[str, str | None] | None:
+        """(account id, user id), or ``None`` when no login is known."""
+        ...
+
+
 class TokenEndpoint(Protocol):
     """The OAuth provider's token endpoint (refresh grant)."""
 

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
-from broker.core.credentials.ports import BearerSource, ControlPlane, IdentitySource
+from broker.core.credentials.ports import BearerSource, ControlPlane, IdentitySource, LoginBinding
 from broker.core.protocol.urls import is_supported_host
 from broker.errors import InvalidArgument
 
@@ -112,6 +112,17 @@ class IdentityRuntime:
     control_plane: ControlPlane
     bearer: BearerSource
     source: IdentitySource | None = None
+    login: LoginBinding | None = None
+
+
+async def binding(runtime: IdentityRuntime) -> tuple[str | None, str | None]:
+    """(account id, user id) the identity is bound to: the imported login's when there is one,
+    else the configured ones (§9.1)."""
+    if runtime.login is not None:
+        bound = await runtime.login.binding()
+        if bound is not None:
+            return bound
+    return runtime.spec.account_id, runtime.spec.user_id
 
 
 def validate_identity_name(name: str, field_name: str = "identity") -> str:

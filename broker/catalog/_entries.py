@@ -1,0 +1,439 @@
+"""The catalogue's entries: one :class:`~broker.events.EventSpec` per :class:`~broker.events.Event`.
+
+Fields shared by several events are defined once in ``_fields``, so an ``identity`` or a ``task_id``
+means the same thing everywhere. Edit this table when an event gains or changes a field, then
+regenerate the docs page (``python -m broker.catalog --write``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Final
+
+from broker.catalog._fields import (
+    ACCOUNT_ID,
+    BOOL,
+    DETAIL,
+    DURATION_MS,
+    ERROR,
+    EXCEPTION,
+    HTTP_STATUS,
+    IDENTITY,
+    INT,
+    NUM,
+    REASON,
+    REDIS,
+    RUNTIME,
+    STATS,
+    STR,
+    TASK_ID,
+    TASK_KIND,
+    THREAD_ID,
+)
+from broker.events import Event, EventSpec, FieldSpec, FieldType, Level
+
+_SPECS: Final = (
+    # life cycle
+    EventSpec(
+        Event.BROKER_STARTED,
+        Level.INFO,
+        "The broker listens and serves.",
+        (
+            FieldSpec("listen", STR, "host:port actually bound"),
+            FieldSpec("version", STR, "the broker's version"),
+            FieldSpec("store", STR, "'redis' (shared) or 'embedded' (this process only)"),
+            FieldSpec(
+                "identities", FieldType.STRINGS, "the configured identity names", identifier=True
+            ),
+        ),
+    ),
+    EventSpec(
+        Event.BROKER_STOPPING,
+        Level.INFO,
+        "Shutdown began: health is NOT_SERVING, in-flight RPCs get the grace period.",
+        (FieldSpec("grace_seconds", NUM, "seconds in-flight RPCs may still take"),),
+    ),
+    EventSpec(Event.BROKER_STOPPED, Level.INFO, "Shutdown finished; the final counters.", STATS),
+    EventSpec(
+        Event.BROKER_STATS,
+        Level.INFO,
+        "Periodic cumulative counters (every BROKER_STATS_INTERVAL seconds).",
+        STATS,
+    ),
+    EventSpec(
+        Event.CONFIG_INVALID,
+        Level.ERROR,
+        "The configuration is invalid; the process exits with status 2.",
+        (FieldSpec("error", STR, "which setting is wrong and why"),),
+    ),
+    # state
+    EventSpec(
+        Event.STORE_EMBEDDED,
+        Level.WARNING,
+        "No Redis configured: state lives in this process only.",
+        (DETAIL,),
+    ),
+    EventSpec(Event.STORE_CONNECTED, Level.INFO, "Redis answered for the first time.", (REDIS,)),
+    EventSpec(
+        Event.STORE_DEGRADED,
+        Level.WARNING,
+        "Redis stopped answering (written once per outage).",
+        (
+            REDIS,
+            FieldSpec("operation", STR, "the store operation that failed"),
+            ERROR,
+            EXCEPTION,
+        ),
+        other_levels={Level.ERROR: "the invalidation listener crashed (a bug; with exception)"},
+    ),
+    EventSpec(Event.STORE_RECOVERED, Level.INFO, "Redis answers again after an outage.", (REDIS,)),
+    EventSpec(
+        Event.STORE_CORRUPT_VALUE,
+        Level.WARNING,
+        "A stored value or message could not be opened or parsed and is treated as absent.",
+        (
+            FieldSpec("key", STR, "the Redis key or channel", identifier=True),
+            replace(REASON, description="what is wrong with the value"),
+            FieldSpec("discarded", BOOL, "whether the corrupt value was deleted", optional=True),
+        ),
+    ),
+    EventSpec(
+        Event.STORE_INSECURE,
+        Level.WARNING,
+        "--insecure: secrets are stored in Redis unsealed (development only).",
+        (DETAIL,),
+    ),
+    # control plane
+    EventSpec(
+        Event.CONTROLPLANE_REQUEST,
+        Level.INFO,
+        "One HTTP exchange with the control plane.",
+        (
+            FieldSpec("operation", STR, "mint_biscuit, register_identity, register_task, ..."),
+            FieldSpec("method", STR, "the HTTP method"),
+            FieldSpec("path", STR, "the URL path (no query, no host credentials)"),
+            FieldSpec("status", INT, "the HTTP status, null without an answer", nullable=True),
+            replace(ERROR, description="why there is no usable answer, else null", nullable=True),
+            DURATION_MS,
+            FieldSpec("attempt", INT, "the attempt number within its retry loop (1 first)"),
+        ),
+        other_levels={Level.WARNING: "no answer, or a status outside 2xx"},
+    ),
+    EventSpec(
+        Event.CONTROLPLANE_RETRY,
+        Level.INFO,
+        "A control-plane operation is attempted again after a retryable failure.",
+        (
+            FieldSpec("operation", STR, "the operation being retried"),
+            FieldSpec("attempt", INT, "the attempt about to start (2 or more)"),
+            FieldSpec("previous_operation", STR, "the step that failed last time"),
+            FieldSpec("previous_status", INT, "its HTTP status, or null", nullable=True),
+            FieldSpec("previous_error", STR, "its error"),
+        ),
+    ),
+    EventSpec(
+        Event.CONTROLPLANE_CIRCUIT_OPENED,
+        Level.WARNING,
+        "Calls to the control plane are suspended after consecutive failures.",
+        (
+            IDENTITY,
+            FieldSpec("consecutive_failures", INT, "failures in a row that opened it"),
+            FieldSpec("cooldown_seconds", NUM, "seconds before one probe call is let through"),
+        ),
+    ),
+    EventSpec(
+        Event.CONTROLPLANE_CIRCUIT_CLOSED,
+        Level.INFO,
+        "The control plane answered again; calls flow normally.",
+        (IDENTITY,),
+    ),
+    # identities and tasks
+    EventSpec(
+        Event.IDENTITY_LOADED,
+        Level.INFO,
+        "An identity from the store, a JWT or an imported key passed validation and is used.",
+        (
+            IDENTITY,
+            RUNTIME,
+            FieldSpec("binding_id", STR, "the account binding", identifier=True, optional=True),
+            FieldSpec(
+                "source", STR, "where the key comes from: register, jwt or import", optional=True
+            ),
+            FieldSpec(
+                "expires_at", STR, "when the identity's JWT expires (ISO 8601)", optional=True
+            ),
+        ),
+    ),
+    EventSpec(
+        Event.IDENTITY_REGISTERED,
+        Level.INFO,
+        "A new identity (key pair) was registered at the control plane.",
+        (
+            IDENTITY,
+            RUNTIME,
+            FieldSpec("binding_id", STR, "the account binding", identifier=True),
+            FieldSpec("profile", STR, "the protocol profile (chatgpt-backend or authapi)"),
+            FieldSpec("public_key_ssh", STR, "the public key, ssh-ed25519 form (public)"),
+        ),
+    ),
+    EventSpec(
+        Event.IDENTITY_DISCARDED,
+        Level.WARNING,
+        "A stored identity failed validation and was deleted; a new one will be registered.",
+        (IDENTITY, RUNTIME, replace(REASON, description="which check failed")),
+    ),
+    EventSpec(
+        Event.IDENTITY_RESTORED,
+        Level.WARNING,
+        "The store had lost the identity (Redis restarted empty); this replica wrote it back.",
+        (IDENTITY, RUNTIME),
+    ),
+    EventSpec(
+        Event.IDENTITY_ROTATED,
+        Level.WARNING,
+        "An operator rotated the identity: a new key pair was registered and replaces the old.",
+        (
+            IDENTITY,
+            RUNTIME,
+            FieldSpec(
+                "previous_agent_runtime_id",
+                STR,
+                "the runtime id it replaced, null when there was none",
+                identifier=True,
+                nullable=True,
+            ),
+        ),
+    ),
+    EventSpec(
+        Event.CACHE_FLUSHED,
+        Level.INFO,
+        "An operator flushed the identity's cached assertions on every replica.",
+        (IDENTITY,),
+    ),
+    EventSpec(
+        Event.TASK_REGISTERED,
+        Level.INFO,
+        "A task was registered at the control plane.",
+        (
+            IDENTITY,
+            RUNTIME,
+            TASK_ID,
+            TASK_KIND,
+            replace(
+                THREAD_ID,
+                description="the thread's id; null for the background task",
+                nullable=True,
+            ),
+            replace(DURATION_MS, description="milliseconds the registration took"),
+        ),
+    ),
+    EventSpec(
+        Event.TASK_REJECTED,
+        Level.WARNING,
+        "A worker reported a 401/403 on the current task: it is being replaced.",
+        (IDENTITY, RUNTIME, TASK_ID, TASK_KIND, HTTP_STATUS),
+    ),
+    EventSpec(
+        Event.TASK_INVALIDATED,
+        Level.INFO,
+        "A task was removed from the shared state (every replica forgets it).",
+        (IDENTITY, RUNTIME, TASK_ID, TASK_KIND),
+    ),
+    EventSpec(
+        Event.TASK_REJECTION_THROTTLED,
+        Level.WARNING,
+        "A rejection report came too soon after the last replacement and was not acted on.",
+        (
+            IDENTITY,
+            TASK_ID,
+            HTTP_STATUS,
+            FieldSpec("retry_after_seconds", NUM, "seconds until a replacement is allowed again"),
+        ),
+    ),
+    # authorizations
+    EventSpec(
+        Event.AUTHORIZATION_FAILED,
+        Level.WARNING,
+        "A thread's task could not be registered: the call fails with UNAVAILABLE (no Bearer).",
+        (
+            IDENTITY,
+            THREAD_ID,
+            replace(REASON, description="the error's ErrorInfo reason"),
+            DETAIL,
+        ),
+    ),
+    EventSpec(
+        Event.FALLBACK_BEARER,
+        Level.WARNING,
+        "A Bearer was handed out instead of an assertion, and why.",
+        (
+            IDENTITY,
+            FieldSpec(
+                "fallback_reason", STR, "disabled, unsupported_host, identity_unavailable, ..."
+            ),
+            FieldSpec(
+                "error_reason", STR, "the ErrorInfo reason of the failure behind it", optional=True
+            ),
+            replace(DETAIL, optional=True),
+        ),
+        other_levels={Level.DEBUG: "a configured fallback (disabled, unsupported host): no error"},
+    ),
+    EventSpec(
+        Event.BOOTSTRAP_COOLDOWN,
+        Level.WARNING,
+        "An authapi bootstrap failed retryably: Bearer fleet-wide until the cooldown ends.",
+        (
+            IDENTITY,
+            FieldSpec("operation", STR, "the control-plane operation that failed"),
+            FieldSpec("cooldown_seconds", NUM, "seconds no replica retries the bootstrap"),
+            DETAIL,
+        ),
+    ),
+    EventSpec(
+        Event.BEARER_RELOADED,
+        Level.INFO,
+        "The account's access-token file was (re)read.",
+        (
+            FieldSpec("path", STR, "the token file"),
+            FieldSpec("has_token", BOOL, "whether it holds a usable token"),
+            replace(ERROR, description="why the file could not be read", optional=True),
+        ),
+        other_levels={Level.WARNING: "the file is missing or unreadable"},
+    ),
+    # the account login (access and refresh token)
+    EventSpec(
+        Event.ACCOUNT_IMPORTED,
+        Level.INFO,
+        "An account login (access and refresh token) was imported for the identity.",
+        (IDENTITY, ACCOUNT_ID),
+    ),
+    EventSpec(
+        Event.ACCOUNT_REFRESHED,
+        Level.INFO,
+        "The account's access token was refreshed (once for the whole fleet).",
+        (
+            IDENTITY,
+            ACCOUNT_ID,
+            FieldSpec("access_expires_at", STR, "when the new access token expires (ISO 8601)"),
+            replace(DURATION_MS, description="milliseconds the refresh took"),
+        ),
+    ),
+    EventSpec(
+        Event.ACCOUNT_REFRESH_FAILED,
+        Level.WARNING,
+        "A refresh of the account's access token failed; the current token stays in use.",
+        (
+            IDENTITY,
+            replace(REASON, description="unavailable, outcome_unknown or bug"),
+            replace(DETAIL, optional=True),
+            EXCEPTION,
+        ),
+        other_levels={Level.ERROR: "a bug in the background refresh (with exception)"},
+    ),
+    EventSpec(
+        Event.ACCOUNT_REAUTH_REQUIRED,
+        Level.ERROR,
+        "The control plane refused the refresh token: a person must log in again.",
+        (
+            IDENTITY,
+            ACCOUNT_ID,
+            DETAIL,
+            FieldSpec("action", STR, "what the operator should do"),
+        ),
+    ),
+    EventSpec(
+        Event.ACCOUNT_BINDING_CHANGED,
+        Level.WARNING,
+        "A refreshed login belongs to another account or user than before.",
+        (
+            IDENTITY,
+            ACCOUNT_ID,
+            FieldSpec(
+                "previous_account_id", STR, "the account it belonged to before", identifier=True
+            ),
+        ),
+    ),
+    # transport
+    EventSpec(
+        Event.RPC_COMPLETED,
+        Level.INFO,
+        "The canonical line of one finished RPC.",
+        (
+            FieldSpec("grpc_code", STR, "the gRPC status code name (OK, UNAVAILABLE, ...)"),
+            DURATION_MS,
+        ),
+        other_levels={Level.DEBUG: "health checks and reflection"},
+    ),
+    EventSpec(
+        Event.RPC_INTERNAL_ERROR,
+        Level.ERROR,
+        "A bug: an RPC failed with an unexpected exception and answered INTERNAL.",
+        (replace(EXCEPTION, optional=False),),
+    ),
+    EventSpec(
+        Event.CALLER_DENIED,
+        Level.WARNING,
+        "A caller was refused: unauthenticated, not allowed, or over its rate limit.",
+        (
+            FieldSpec("caller", STR, "the caller's configured name", identifier=True),
+            FieldSpec("rule", STR, "the policy rule that refused it"),
+        ),
+    ),
+    EventSpec(
+        Event.CALLER_AUTH_DISABLED,
+        Level.WARNING,
+        "No callers are configured: every process that can connect is trusted fully.",
+        (FieldSpec("listen", STR, "the address served without caller authentication"), DETAIL),
+    ),
+    EventSpec(
+        Event.TLS_RELOADED,
+        Level.INFO,
+        "The server's TLS certificate, key or client CA files were (re)read.",
+        (
+            FieldSpec("ok", BOOL, "whether the files could be read"),
+            replace(ERROR, description="why not", optional=True),
+        ),
+        other_levels={Level.WARNING: "a file could not be read (the previous ones stay in use)"},
+    ),
+    # emulator
+    EventSpec(
+        Event.EMULATOR_STARTED,
+        Level.INFO,
+        "The control-plane emulator listens.",
+        (FieldSpec("url", STR, "its base URL"),),
+    ),
+    EventSpec(
+        Event.EMULATOR_REQUEST,
+        Level.INFO,
+        "The emulator answered one request.",
+        (
+            FieldSpec("method", STR, "the HTTP method", optional=True),
+            FieldSpec("path", STR, "the URL path"),
+            FieldSpec(
+                "endpoint",
+                STR,
+                "the protocol endpoint, null for others",
+                nullable=True,
+                optional=True,
+            ),
+            FieldSpec(
+                "status", INT, "the status sent, null when dropped", nullable=True, optional=True
+            ),
+            replace(
+                REASON,
+                description="the refusal reason, null when accepted",
+                nullable=True,
+                optional=True,
+            ),
+            FieldSpec("fault", BOOL, "whether an injected fault answered", optional=True),
+            replace(DURATION_MS, optional=True),
+            replace(ERROR, description="'internal' for an emulator bug", optional=True),
+            EXCEPTION,
+        ),
+        other_levels={Level.ERROR: "an emulator bug (with exception)"},
+    ),
+)
+
+CATALOGUE: Final[Mapping[Event, EventSpec]] = {spec.event: spec for spec in _SPECS}
+"""Every event, in :class:`Event` order by area."""
