@@ -306,7 +306,19 @@ _SPECS: Final = (
         Event.ACCOUNT_IMPORTED,
         Level.INFO,
         "An account login (access and refresh token) was imported for the identity.",
-        (IDENTITY, ACCOUNT_ID),
+        (
+            IDENTITY,
+            ACCOUNT_ID,
+            FieldSpec(
+                "user_id", STR, "the ChatGPT user of the login", identifier=True, optional=True
+            ),
+            FieldSpec("plan_type", STR, "the account's plan, as the id token names it"),
+            FieldSpec("fedramp", BOOL, "whether the account is a FedRAMP account"),
+            FieldSpec("access_expires_at", STR, "when the access token expires (ISO 8601)"),
+            FieldSpec("last_refresh", STR, "when the tokens were obtained (ISO 8601)"),
+            FieldSpec("state", STR, "'active' or 'reauth_required'"),
+            replace(DETAIL, optional=True),
+        ),
     ),
     EventSpec(
         Event.ACCOUNT_REFRESHED,

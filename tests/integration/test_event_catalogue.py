@@ -56,12 +56,13 @@ EXEMPT: frozenset[Event] = frozenset(
         # Needs Redis to come back empty under a running replica: driven, with its fields
         # checked against this catalogue, by tests/integration/test_redis_loss.py.
         Event.IDENTITY_RESTORED,
-        # Work in progress elsewhere (account login import and refresh): nothing drives a token
-        # refresh end to end yet. Add a scenario, and drop these, when that feature lands.
+        # The account login's events are driven, and checked against this catalogue, by
+        # tests/integration/test_account_login.py (they need an OAuth login, not these scenarios).
         Event.ACCOUNT_IMPORTED,
         Event.ACCOUNT_REFRESHED,
         Event.ACCOUNT_REFRESH_FAILED,
         Event.ACCOUNT_REAUTH_REQUIRED,
+        # Needs a provider whose refresh names another account or user; the emulator never does.
         Event.ACCOUNT_BINDING_CHANGED,
     }
 )

@@ -126,7 +126,10 @@ class AccountLogin:
         return record.tokens.account_id, record.tokens.user_id
 
     def _due(self, record: AccountRecord) -> bool:
-        lead = timedelta(seconds=self._margin + self._jitter)
+        # Never lead by more than half the token's life, or a short-lived token would be due
+        # again the moment it arrives and the fleet would refresh in a loop.
+        lifetime = (record.tokens.access_expires_at - record.last_refresh).total_seconds()
+        lead = timedelta(seconds=min(self._margin + self._jitter, max(lifetime, 0.0) / 2))
         return self._clock.now() >= record.tokens.access_expires_at - lead
 
     # -- BearerSource ---------------------------------------------------------------------------
