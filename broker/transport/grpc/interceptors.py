@@ -10,6 +10,7 @@ caller's policy in ``CURRENT_CALLER`` for the servicer. When the RPC ends, exact
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -147,46 +148,38 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
         level = log.debug if method.startswith(_QUIET_PREFIXES) else log.info
         level(Event.RPC_COMPLETED, grpc_code=code, duration_ms=round(elapsed * 1000, 3))
 
+    @contextlib.asynccontextmanager
+    async def _rpc(self, method: str, context: _Context, request: Any) -> AsyncIterator[None]:
+        """One RPC's scope: bound log context, caller admission, and the closing line."""
+        started = time.perf_counter()
+        failure: BaseException | None = None
+        caller: CallerPolicy | None = None
+        with bound_contextvars(
+            rpc_method=method, request_id=secrets.token_hex(8), peer=context.peer()
+        ):
+            try:
+                caller = await self._admit(method, context, request)
+                # Each RPC runs in its own task, so the value ends with it.
+                CURRENT_CALLER.set(caller)
+                with bound_contextvars(caller=caller.name if caller else None):
+                    yield
+            except BaseException as exc:
+                failure = exc
+                raise
+            finally:
+                self._completed(method, caller, context, failure, started)
+
     def _wrap_unary(self, method: str, inner: _Unary) -> _Unary:
         async def unary(request: Any, context: _Context) -> Any:
-            started = time.perf_counter()
-            failure: BaseException | None = None
-            caller: CallerPolicy | None = None
-            with bound_contextvars(
-                rpc_method=method, request_id=secrets.token_hex(8), peer=context.peer()
-            ):
-                try:
-                    caller = await self._admit(method, context, request)
-                    # Each RPC runs in its own task, so the value ends with it.
-                    CURRENT_CALLER.set(caller)
-                    with bound_contextvars(caller=caller.name if caller else None):
-                        return await inner(request, context)
-                except BaseException as exc:
-                    failure = exc
-                    raise
-                finally:
-                    self._completed(method, caller, context, failure, started)
+            async with self._rpc(method, context, request):
+                return await inner(request, context)
 
         return unary
 
     def _wrap_stream(self, method: str, inner: _Stream) -> _Stream:
         async def stream(request: Any, context: _Context) -> AsyncIterator[Any]:
-            started = time.perf_counter()
-            failure: BaseException | None = None
-            caller: CallerPolicy | None = None
-            with bound_contextvars(
-                rpc_method=method, request_id=secrets.token_hex(8), peer=context.peer()
-            ):
-                try:
-                    caller = await self._admit(method, context, request)
-                    CURRENT_CALLER.set(caller)
-                    with bound_contextvars(caller=caller.name if caller else None):
-                        async for item in inner(request, context):
-                            yield item
-                except BaseException as exc:
-                    failure = exc
-                    raise
-                finally:
-                    self._completed(method, caller, context, failure, started)
+            async with self._rpc(method, context, request):
+                async for item in inner(request, context):
+                    yield item
 
         return stream
