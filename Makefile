@@ -82,6 +82,7 @@ test-fast: $(STAMP) redis-server
 # redis-server (above) also installs h2load, the load generator.
 bench: $(STAMP) redis-server
 	$(BIN)/python -m bench $(BENCH_ARGS)
+	$(BIN)/python -m bench.watch_streams --streams 10000
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -95,6 +95,19 @@ class ServerProcess:
         self._process.send_signal(signal.SIGUSR1)
         return self._wait_for(STATS_EVENT, self._snapshots, _STATS_TIMEOUT_S)
 
+    def rss_bytes(self) -> int | None:
+        """Resident memory of the process right now (``VmRSS`` from ``/proc``)."""
+        if self._process is None:
+            return None
+        try:
+            status = Path(f"/proc/{self._process.pid}/status").read_text()
+        except OSError:
+            return None
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        return None
+
     def cpu_seconds(self) -> float | None:
         """User + system CPU time of the process so far (all threads), from ``/proc``."""
         if self._process is None:

@@ -81,3 +81,21 @@ def test_warm_path_makes_no_redis_round_trip(bench_json: dict[str, Any]) -> None
     # Only the named background commands may appear, and they are not counted.
     assert set(warm["redis_excluded"]) <= set(bench_json["excluded_redis_commands"])
     assert bench_json["figures"]["embedded"]["warm_path"]["redis_commands"] is None
+
+
+class TestWatchStreamsSmoke:
+    def test_many_streams_share_one_refresher(self) -> None:
+        """A few hundred watch streams on one broker all get the header from one topic."""
+        result = subprocess.run(
+            [sys.executable, "-m", "bench.watch_streams", "--streams", "300", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            cwd=Path(__file__).parents[2],
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        figures = json.loads(result.stdout.strip().splitlines()[-1])
+        assert figures["watch_streams_reported"] == 300
+        assert figures["watch_topics_reported"] == 1
+        assert figures["broker_rss_with_streams_mib"] >= figures["broker_rss_before_mib"] > 0
