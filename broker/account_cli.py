@@ -1,14 +1,18 @@
-"""``credential-broker account import|show``: the account's login, handled without showing a token."""
+"""Store maintenance commands: ``account import|show`` (without showing a token) and ``kek reseal``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import sys
 
 from broker.adapters.clock import SystemClock
+from broker.adapters.sealing import load_kek_file
+from broker.adapters.store._redis_client import make_client
+from broker.adapters.store.reseal import reseal_all
 from broker.app import build_store
 from broker.config import load_settings
 from broker.core.credentials.account import import_login, public_facts
@@ -54,3 +58,21 @@ async def run_account_command(args: argparse.Namespace) -> int:
         return 0
     finally:
         await store.close()
+
+
+async def run_reseal() -> int:
+    """Re-seal every private key, login and cached assertion under the primary KEK."""
+    settings = load_settings(os.environ)
+    if not settings.redis_url or settings.kek_file is None:
+        raise ConfigError(
+            "BROKER_REDIS_URL and BROKER_KEK_FILE: 'kek reseal' works on the shared store with the "
+            "KEK file whose first key is the new primary (older keys after it)"
+        )
+    sealer = load_kek_file(settings.kek_file)
+    client = make_client(settings.redis_url, socket_timeout=5.0, connect_timeout=5.0, retries=2)
+    try:
+        report = await reseal_all(client, sealer)
+    finally:
+        await client.aclose()
+    print(json.dumps(dataclasses.asdict(report), sort_keys=True))  # noqa: T201  (the output)
+    return 0 if report.unreadable == 0 else 1

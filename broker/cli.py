@@ -115,6 +115,10 @@ def _parser() -> argparse.ArgumentParser:
     kek = commands.add_parser("kek", help="key-encryption keys")
     kek_commands = kek.add_subparsers(dest="kek_command", required=True)
     kek_commands.add_parser("generate", help="print a new KEK line for BROKER_KEK_FILE")
+    kek_commands.add_parser(
+        "reseal",
+        help="re-seal every secret in Redis under the first KEK of BROKER_KEK_FILE (rotation)",
+    )
 
     dashboard = commands.add_parser(
         "dashboard", help="live view of broker logs: stdin, or FILEs followed like tail -F"
@@ -176,6 +180,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 refresh=args.refresh,
             )
         if args.command == "kek":
+            if args.kek_command == "reseal":
+                from broker.account_cli import run_reseal
+
+                configure_logging("warning")
+                return asyncio.run(run_reseal())
             from broker.adapters.sealing import generate_kek_line
 
             print(generate_kek_line())  # noqa: T201  (the command's output)

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import json
 import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
@@ -118,3 +123,27 @@ class TestReseal:
             b"AgentAssertion",
         ):
             assert needle not in dump
+
+
+class TestResealCommand:
+    def test_cli(self, redis_url: str, identity_name: str, tmp_path: Path) -> None:
+        """`credential-broker kek reseal` moves stored secrets to the file's first KEK."""
+        asyncio.run(seed(redis_url, identity_name, OLD))
+        kek = tmp_path / "kek"
+        kek.write_text(
+            f"new {base64.b64encode(NEW_KEY).decode()}\nold {base64.b64encode(OLD_KEY).decode()}\n"
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
+        env |= {"BROKER_REDIS_URL": redis_url, "BROKER_KEK_FILE": str(kek)}
+        result = subprocess.run(
+            [sys.executable, "-m", "broker", "kek", "reseal"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        report = json.loads(result.stdout)
+        assert report["resealed"] >= 2
+        assert report["unreadable"] == 0

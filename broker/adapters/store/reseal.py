@@ -15,10 +15,13 @@ from typing import Final
 
 from broker.adapters.sealing import KekSealer
 from broker.adapters.store import keys
+from broker.adapters.store._account_codec import TOKENS_FIELD
 from broker.adapters.store._codec import PRIVATE_KEY_FIELD, field_associated_data
 from broker.adapters.store._redis_client import RedisClient
 from broker.errors import SealingError
 
+# Which field of which HASH is sealed: the identity's private key and the login's tokens.
+_SEALED_HASH_FIELDS: Final = {"identity": PRIVATE_KEY_FIELD, "account": TOKENS_FIELD}
 _SET_HASH_FIELD_IF: Final = """
 if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
@@ -47,7 +50,7 @@ class ResealReport:
 
 
 async def reseal_all(client: RedisClient, sealer: KekSealer) -> ResealReport:
-    """Re-seal every private key and cached assertion under ``sealer``'s primary KEK.
+    """Re-seal every private key, login and cached assertion under ``sealer``'s primary KEK.
 
     Values that no configured KEK opens are counted as unreadable and left alone (a broker
     discards them as corrupt when it next reads them).
@@ -57,10 +60,11 @@ async def reseal_all(client: RedisClient, sealer: KekSealer) -> ResealReport:
     set_string_if = client.register_script(_SET_STRING_IF)
     async for raw_key in client.scan_iter(match=f"{keys.PREFIX}:{{*", count=500):
         key = raw_key.decode() if isinstance(raw_key, bytes) else str(raw_key)
-        if key.endswith(":identity"):
-            field: str | None = PRIVATE_KEY_FIELD
-            sealed = await client.hget(key, PRIVATE_KEY_FIELD)
-            associated_data = field_associated_data(key, PRIVATE_KEY_FIELD)
+        hash_field = _SEALED_HASH_FIELDS.get(key.rsplit(":", 1)[-1])
+        if hash_field is not None:
+            field: str | None = hash_field
+            sealed = await client.hget(key, hash_field)
+            associated_data = field_associated_data(key, hash_field)
         elif ":assertion:" in key:
             field = None
             sealed = await client.get(key)
