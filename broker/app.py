@@ -226,6 +226,8 @@ class BrokerApp:
             ),
             clock=self.clock,
             refresh_margin=identity.account_refresh_margin,
+            lock_ttl=self.settings.registration_deadline + 5.0,
+            wait_deadline=self.settings.registration_deadline + 10.0,
             on_binding_change=self._binding_changed,
         )
         self.logins[identity.name] = login

@@ -210,13 +210,31 @@ class AccountLogin:
         if record.state is AccountState.REAUTH_REQUIRED:
             return record
         if record.burned_refresh == fingerprint(record.tokens.refresh_token):
+            # A refresh with this token was sent before and its outcome is unknown (a lost answer,
+            # or a replica that died mid-refresh): sending it again could revoke the whole family.
+            log.warning(
+                Event.ACCOUNT_REFRESH_FAILED,
+                identity=self._identity,
+                reason="interrupted",
+                detail="the current refresh token was sent by an earlier refresh whose outcome is "
+                f"unknown; it is never resent. The access token is served until it expires; then "
+                f"{_REAUTH_HINT}",
+            )
             return await self._save_state(
                 record,
                 AccountState.REAUTH_REQUIRED
                 if self._clock.now() >= record.tokens.access_expires_at
                 else AccountState.ACTIVE,
-                record.detail,
+                "a refresh with the current refresh token was interrupted and is never resent",
             )
+        # Mark the refresh token as in flight before it leaves (same version, so waiting replicas
+        # keep waiting for the real result): if this replica dies now, no other resends it.
+        pending = dataclasses.replace(
+            record,
+            burned_refresh=fingerprint(record.tokens.refresh_token),
+            detail="a refresh is in flight",
+        )
+        await self._store.save_account(pending)
         started = self._clock.monotonic()
         try:
             tokens = await self._endpoint.refresh(record.tokens.refresh_token)
@@ -252,6 +270,8 @@ class AccountLogin:
                 reason="unavailable",
                 detail=exc.message,
             )
+            await self._store.save_account(record)  # nothing was consumed: clear the mark
+            self._record = record
             return record
         refreshed = AccountRecord(
             identity=self._identity,
