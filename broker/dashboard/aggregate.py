@@ -64,6 +64,14 @@ _LIFE: Final = {
     Event.BROKER_STOPPING: "stopping",
     Event.BROKER_STOPPED: "stopped",
 }
+_ACCOUNT_EVENTS: Final = frozenset(
+    {
+        Event.ACCOUNT_IMPORTED,
+        Event.ACCOUNT_REFRESHED,
+        Event.ACCOUNT_REFRESH_FAILED,
+        Event.ACCOUNT_REAUTH_REQUIRED,
+    }
+)
 _NOT_DETAIL: Final = frozenset({"event", "level", "timestamp", "request_id", "peer", "rpc_method"})
 
 
@@ -135,6 +143,7 @@ class Aggregator:
         self.read = 0
         self.skipped: Counter[str] = Counter()
         self.unknown_events: Counter[str] = Counter()
+        self._accounts: dict[str, dict[str, Any]] = {}
 
     # -- input ---------------------------------------------------------------------------------
 
@@ -220,8 +229,32 @@ class Aggregator:
                 replica.snapshots.append((ts, counters))
             if isinstance(record.get("callers"), dict):
                 replica.callers = record["callers"]
+        if event in _ACCOUNT_EVENTS:
+            self._account(event, record)
         if event in _WINDOWED:
             replica.samples.append((ts, event.value, record))
+
+    def _account(self, event: Event, record: dict[str, Any]) -> None:
+        """The latest known state of each identity's login (fleet-wide: one refresher)."""
+        account = self._accounts.setdefault(
+            str(record.get("identity")),
+            {"state": "unknown", "refreshes": 0, "failures": 0, "last_failure": None},
+        )
+        if record.get("account_id"):
+            account["account_id"] = record["account_id"]
+        if record.get("access_expires_at"):
+            account["access_expires_at"] = record["access_expires_at"]
+        if event is Event.ACCOUNT_REFRESHED:
+            account["refreshes"] += 1
+            account["state"] = "active"
+            account["last_refresh"] = record.get("timestamp")
+        elif event is Event.ACCOUNT_IMPORTED:
+            account["state"] = str(record.get("state") or "active")
+        elif event is Event.ACCOUNT_REFRESH_FAILED:
+            account["failures"] += 1
+            account["last_failure"] = record.get("reason")
+        elif event is Event.ACCOUNT_REAUTH_REQUIRED:
+            account["state"] = "reauth_required"
 
     # -- output --------------------------------------------------------------------------------
 
@@ -303,6 +336,7 @@ class Aggregator:
                 "unknown_events": dict(sorted(self.unknown_events.items())),
             },
             "total": totals,
+            "accounts": {name: dict(a) for name, a in sorted(self._accounts.items())},
             "replicas": replicas,
             "warnings": list(self._warnings),
         }

@@ -154,4 +154,28 @@ def render(snapshot: Mapping[str, Any]) -> RenderableType:
         ],
         padding=(0, 2),
     )
-    return Group(header, traffic, health, details, warnings)
+    parts: list[RenderableType] = [header, traffic, health, details]
+    if snapshot.get("accounts"):
+        accounts = _table(
+            "Account logins",
+            "identity",
+            "state",
+            "refreshes",
+            "failures",
+            "last failure",
+            "expires",
+        )
+        for name, account in snapshot["accounts"].items():
+            state = account["state"]
+            style = "red" if state == "reauth_required" else "green"
+            accounts.add_row(
+                name,
+                f"[{style}]{state}[/]",
+                str(account["refreshes"]),
+                str(account["failures"]),
+                str(account["last_failure"] or ""),
+                str(account.get("access_expires_at", ""))[:19],
+            )
+        parts.append(accounts)
+    parts.append(warnings)
+    return Group(*parts)

@@ -378,3 +378,29 @@ class TestOnce:
         finally:
             os.close(read_fd)
         assert json.loads(out.getvalue())["total"]["rpcs"]["count"] == 1
+
+
+class TestAccounts:
+    def test_login_state_is_shown(self) -> None:
+        """Refreshes, failures and a reauth_required login appear in the accounts view."""
+        from broker.dashboard.aggregate import Aggregator
+
+        aggregator = Aggregator()
+        lines = [
+            '{"event": "account.imported", "identity": "main", "account_id": "acct", '
+            '"state": "active", "level": "info", "timestamp": "2026-01-01T00:00:00+00:00"}',
+            '{"event": "account.refreshed", "identity": "main", "account_id": "acct", '
+            '"access_expires_at": "2026-01-01T01:00:00+00:00", "duration_ms": 3.0, '
+            '"level": "info", "timestamp": "2026-01-01T00:00:01+00:00"}',
+            '{"event": "account.refresh_failed", "identity": "main", "reason": "outcome_unknown",'
+            ' "detail": "x", "level": "warning", "timestamp": "2026-01-01T00:00:02+00:00"}',
+            '{"event": "account.reauth_required", "identity": "main", "account_id": "acct", '
+            '"detail": "x", "action": "y", "level": "error", '
+            '"timestamp": "2026-01-01T00:00:03+00:00"}',
+        ]
+        for line in lines:
+            aggregator.feed_text(line, received_at=1_767_225_604.0)
+        account = aggregator.snapshot(1_767_225_604.0)["accounts"]["main"]
+        assert account["state"] == "reauth_required"
+        assert (account["refreshes"], account["failures"]) == (1, 1)
+        assert account["last_failure"] == "outcome_unknown"
