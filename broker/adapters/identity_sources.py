@@ -3,7 +3,7 @@
 Both implement the ``IdentitySource`` port and re-read their file when it changes (checked at most
 once a second), so a replaced JWT or record takes effect without a restart. A JWT is verified against
 the control plane's JWKS (protocol §10.2); the JWKS is cached for ``ttl`` and fetched again at once
-for an unknown ``kid``, at most once per ``min_refetch`` seconds, with a 10 s timeout.
+for an unknown ``kid``, at most once per ``min_refetch`` seconds (5 s), with a 10 s timeout.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ class JwksCache:
         clock: Clock,
         *,
         ttl: float = 300.0,
-        min_refetch: float = 30.0,
+        min_refetch: float = 5.0,
         timeout: float = 10.0,
     ) -> None:
         self._http = http

@@ -237,3 +237,7 @@ class TestRefresh:
         failed = [e for e in log_output if e["event"] == "account.refresh_failed"]
         assert failed[0]["reason"] == "outcome_unknown"
         assert_catalogued(log_output)
+        tokens = json.loads(auth_file.read_text())["tokens"]  # noqa: ASYNC240  (test's tmp file)
+        logged = str(log_output)
+        for name in ("access_token", "refresh_token", "id_token"):
+            assert tokens[name] not in logged

@@ -185,6 +185,36 @@ class TestJwtSource:
         assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert emulator.stats().requests_by_endpoint.get("jwks", 0) == 0
 
+    async def test_rotated_signing_key(
+        self, start_broker: StartBroker, emulator: Emulator, tmp_path: Path
+    ) -> None:
+        """A JWT signed with a newly rotated key is accepted: the unknown kid refetches the JWKS."""
+        broker = await self.start(
+            start_broker,
+            emulator,
+            tmp_path,
+            emulator.mint_agent_identity_jwt("acct-j", user_id="user-j"),
+        )
+        await get(broker)
+        fetched = emulator.stats().requests_by_endpoint["jwks"]
+        emulator.rotate_jwks_key(retire_old=True)
+        (tmp_path / "agent.jwt").write_text(
+            emulator.mint_agent_identity_jwt("acct-j", user_id="user-j")
+        )
+        auth = None
+        for attempt in range(200):  # the unknown kid refetches at most once per 5 s
+            try:
+                auth = await get(broker, thread_id=f"r{attempt}")
+            except grpc.aio.AioRpcError:
+                await asyncio.sleep(0.05)
+                continue
+            if emulator.stats().requests_by_endpoint["jwks"] > fetched:
+                break
+            await asyncio.sleep(0.05)
+        assert auth is not None
+        assert emulator.stats().requests_by_endpoint["jwks"] == fetched + 1
+        assert (await call_protected(emulator.base_url, auth)).status_code == 200
+
     async def test_jwks_down(
         self, start_broker: StartBroker, emulator: Emulator, tmp_path: Path
     ) -> None:
