@@ -46,6 +46,7 @@ from broker.core.protocol import agent_jwt
 from broker.core.protocol.login import parse_auth_json
 from broker.errors import BrokerError, ConfigError
 from broker.events import Event
+from broker.metrics import BrokerMetrics, OpsServer
 from broker.transport.grpc.admin import AdminServicer
 from broker.transport.grpc.callers import CallerGate
 from broker.transport.grpc.server import (
@@ -158,6 +159,7 @@ class BrokerApp:
         self._owns_store = store is None
         self.store: Store = store if store is not None else build_store(settings, self.clock)
         self._http: httpx.AsyncClient = build_http_client()
+        self.metrics = BrokerMetrics()
         runtimes: dict[str, IdentityRuntime] = {}
         self.logins: dict[str, AccountLogin] = {}
         self.breakers: dict[str, CircuitBreaker] = {}
@@ -174,6 +176,7 @@ class BrokerApp:
                 authapi_base_url=identity.authapi_url,
                 fedramp=identity.fedramp,
                 user_agent=f"credential-broker/{__version__}",
+                on_request=self.metrics.controlplane_observer(identity.name),
             )
             breaker = CircuitBreaker(
                 client,
@@ -209,8 +212,10 @@ class BrokerApp:
         self.gate = CallerGate(self.callers)
         self.admin = AdminOperations(self.authorizer, self.store)
         self.rpc_stats = RpcStats()
+        self.metrics.bind(authorizer=self.authorizer, gate=self.gate, breakers=self.breakers)
         self.health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
+        self._ops: OpsServer | None = None
         self._background: list[asyncio.Task[None]] = []
         self.port: int | None = None
 
@@ -292,7 +297,7 @@ class BrokerApp:
             AdminServicer(self.admin, self.gate),
             self.health,
             self.gate,
-            on_completed=self.rpc_stats.record,
+            on_completed=self._rpc_completed,
         )
         if self.callers.open:
             log.warning(
@@ -313,9 +318,15 @@ class BrokerApp:
             raise ConfigError(f"BROKER_LISTEN: cannot bind {self.settings.listen}")
         self.port = port
         self._server = server
+        if self.settings.ops_listen is not None:
+            self._ops = OpsServer(
+                self.metrics, self.settings.ops_listen, check_store=self._check_store
+            )
+            await self._ops.start()
         await server.start()
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self.health.set(BROKER_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        self.metrics.serving = True
         await self._check_store()
         await self._check_control_plane()
         self._background = [
@@ -329,6 +340,7 @@ class BrokerApp:
             version=__version__,
             store="redis" if self.store.shared else "embedded",
             identities=self.authorizer.identity_names,
+            **({"ops_listen": self._ops.address} if self._ops is not None else {}),
         )
 
     async def _import_account_file(self, name: str, path: Path) -> None:
@@ -342,13 +354,17 @@ class BrokerApp:
             raise ConfigError(f"identities.{name}.account_file: {detail}") from exc
         await import_login(self.store, name, tokens, self.clock, replace=False)
 
-    async def _check_store(self) -> None:
+    async def _check_store(self) -> bool:
         try:
             await self.store.ping()
         except BrokerError:
-            await self.health.set(STORE_HEALTH, health_pb2.HealthCheckResponse.NOT_SERVING)
+            reachable = False
         else:
-            await self.health.set(STORE_HEALTH, health_pb2.HealthCheckResponse.SERVING)
+            reachable = True
+        self.metrics.store_checked(reachable)
+        status = health_pb2.HealthCheckResponse
+        await self.health.set(STORE_HEALTH, status.SERVING if reachable else status.NOT_SERVING)
+        return reachable
 
     async def _check_control_plane(self) -> None:
         down = any(b.state is CircuitState.OPEN for b in self.breakers.values())
@@ -371,6 +387,10 @@ class BrokerApp:
                 await self.authorizer.follow_invalidations()
             except BrokerError:
                 await asyncio.sleep(1.0)
+
+    def _rpc_completed(self, method: str, code: str, seconds: float) -> None:
+        self.rpc_stats.record(method, code, seconds)
+        self.metrics.rpc_completed(method, code, seconds)
 
     def stats(self) -> dict[str, object]:
         """The counters ``broker.stats`` reports (cumulative since start)."""
@@ -399,6 +419,7 @@ class BrokerApp:
         """Drain: report NOT_SERVING, finish in-flight RPCs within ``grace``, close everything."""
         grace = self.settings.grace_period if grace is None else grace
         log.info(Event.BROKER_STOPPING, grace_seconds=grace)
+        self.metrics.serving = False
         await self.health.enter_graceful_shutdown()
         # Watch streams end cleanly first; unary calls in flight get the grace period.
         await self.authorizer.close()
@@ -412,6 +433,8 @@ class BrokerApp:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._background = []
+        if self._ops is not None:
+            await self._ops.stop()
         await self._http.aclose()
         if self._owns_store:
             await self.store.close()

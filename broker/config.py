@@ -77,6 +77,7 @@ class Settings:
     identities: tuple[IdentitySettings, ...]
     default_identity: str
     listen: str = DEFAULT_LISTEN
+    ops_listen: str | None = None
     redis_url: str | None = None
     kek_file: Path | None = None
     insecure: bool = False
@@ -350,6 +351,7 @@ _ENV_IDENTITY_KEYS: Final = {
 }
 _ENV_GLOBAL_KEYS: Final = {
     "BROKER_LISTEN": "listen",
+    "BROKER_OPS_LISTEN": "ops_listen",
     "BROKER_REDIS_URL": "redis_url",
     "BROKER_KEK_FILE": "kek_file",
     "BROKER_INSECURE": "insecure",
@@ -494,6 +496,7 @@ def _build(
         )
     kek = values.get("kek_file")
     listen = _listen("BROKER_LISTEN", str(values.get("listen", DEFAULT_LISTEN)))
+    ops_listen = str(values.get("ops_listen") or "").strip()
     insecure = _bool("BROKER_INSECURE", values.get("insecure", False))
     callers = tuple(_caller(name, table) for name, table in caller_tables.items())
     tls = _tls(values)
@@ -512,6 +515,7 @@ def _build(
         identities=identities,
         default_identity=default_name,
         listen=listen,
+        ops_listen=_listen("BROKER_OPS_LISTEN", ops_listen) if ops_listen else None,
         redis_url=redis_url,
         kek_file=_path("BROKER_KEK_FILE", kek) if kek else None,
         insecure=insecure,

@@ -190,6 +190,13 @@ class SealingError(BrokerError):
     kind = ErrorKind.INTERNAL
 
 
+class UnknownKek(SealingError):
+    """A value names a KEK this replica does not hold (a rotation in progress): not corrupt."""
+
+    reason = "KEK_NOT_CONFIGURED"
+    kind = ErrorKind.UNAVAILABLE
+
+
 class RefreshRejected(BrokerError):
     """The provider refused the refresh token (``invalid_grant``): the login must be redone."""
 

@@ -305,6 +305,8 @@ class ControlPlaneClient:
         user_agent: the ``User-Agent`` of every request (§3.5).
         originator: the ``originator`` header of every request (§3.5).
         fedramp: send ``X-OpenAI-Fedramp: true`` on ``authapi`` identity registration (§4.3).
+        on_request: called after each exchange with (operation, HTTP status or the error when no
+            answer came, seconds), where ``controlplane.request`` is logged (the metrics).
 
     Raises:
         UrlError: a base URL is not absolute http(s), or no AuthAPI is known for ``base_url``.
@@ -323,6 +325,7 @@ class ControlPlaneClient:
         user_agent: str,
         originator: str = "credential_broker",
         fedramp: bool = False,
+        on_request: Callable[[str, str, float], None] | None = None,
     ) -> None:
         for name, value in (("user_agent", user_agent), ("originator", originator)):
             if not _HEADER_TEXT.fullmatch(value):
@@ -332,6 +335,7 @@ class ControlPlaneClient:
         self._timeouts = timeouts
         self._retry = retry
         self._fedramp = fedramp
+        self._on_request = on_request
         self._headers: Final = {
             "originator": originator,
             "User-Agent": user_agent,
@@ -579,6 +583,11 @@ class ControlPlaneClient:
         started = time.perf_counter()
 
         def log(*, status: int | None = None, error: str | None = None) -> None:
+            seconds = time.perf_counter() - started
+            if self._on_request is not None:
+                self._on_request(
+                    operation, str(status) if status is not None else error or "", seconds
+                )
             level = _log.info if status is not None and 200 <= status < 300 else _log.warning
             level(
                 Event.CONTROLPLANE_REQUEST,
@@ -587,7 +596,7 @@ class ControlPlaneClient:
                 path=path,
                 status=status,
                 error=error,
-                duration_ms=round((time.perf_counter() - started) * 1000, 3),
+                duration_ms=round(seconds * 1000, 3),
                 attempt=attempt,
             )
 

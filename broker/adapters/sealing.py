@@ -45,7 +45,7 @@ import nacl.exceptions
 import nacl.utils
 
 from broker.core.credentials.ports import Sealer
-from broker.errors import ConfigError, SealingError
+from broker.errors import ConfigError, SealingError, UnknownKek
 
 __all__ = [
     "KEK_LEN",
@@ -189,7 +189,7 @@ class KekSealer:
             raise SealingError("sealed value has a malformed key id")
         key = self._keys.get(key_id)
         if key is None:
-            raise SealingError(f"value is sealed under KEK {key_id!r}, which is not configured")
+            raise UnknownKek(f"value is sealed under KEK {key_id!r}, which is not configured")
         nonce = sealed[id_end : id_end + _NONCE_LEN]
         try:
             return nacl.bindings.crypto_aead_xchacha20poly1305_ietf_decrypt(

@@ -46,6 +46,12 @@ _SPECS: Final = (
             FieldSpec(
                 "identities", FieldType.STRINGS, "the configured identity names", identifier=True
             ),
+            FieldSpec(
+                "ops_listen",
+                STR,
+                "host:port of the ops HTTP listener (/metrics, /healthz, /readyz), when configured",
+                optional=True,
+            ),
         ),
     ),
     EventSpec(

@@ -46,6 +46,7 @@ class TestKilledMidRefresh:
         old = (await fleet[0].stub.GetAuthorization(BEARER_ONLY)).authorization.header_value
         emulator.fail_after_consuming(count=1, mode="delay", delay_seconds=30)
         report = pb.ReportRejectionRequest(header_value=old, http_status=401)
+
         async def report_on_first() -> object:
             return await fleet[0].stub.ReportRejection(report, timeout=60)
 

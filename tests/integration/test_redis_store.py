@@ -177,17 +177,23 @@ class TestCorruptValues:
     async def test_unknown_kek(
         self, redis_url: str, raw: redis.asyncio.Redis, identity_name: str, log_output: Logs
     ) -> None:
-        """A value sealed under a KEK this broker does not hold is discarded."""
+        """A value sealed under a KEK this broker lacks (a rotation rolling out) is kept, not deleted.
+
+        The reader gets StoreUnavailable naming the KEK: deleting the value would destroy an
+        identity that replicas holding the new KEK can still read.
+        """
         key = keys.assertion_key(identity_name, "task-1")
         foreign = RedisStore.from_url(redis_url, OTHER_KEK)
         store = RedisStore.from_url(redis_url, KEK)
         try:
             await foreign.save_assertion(identity_name, make_assertion(), 60)
-            assert await store.load_assertion(identity_name, "task-1") is None
+            with pytest.raises(StoreUnavailable, match="'other', which is not configured"):
+                await store.load_assertion(identity_name, "task-1")
         finally:
             await foreign.close()
             await store.close()
-        await self.assert_discarded(raw, log_output, key, "'other', which is not configured")
+        assert await raw.exists(key) == 1
+        assert not [e for e in log_output if e["event"] == "store.corrupt_value"]
 
     async def test_value_copied_under_another_key(
         self, store: RedisStore, raw: redis.asyncio.Redis, identity_name: str, log_output: Logs

@@ -14,7 +14,7 @@ from typing import Final
 from broker.core.credentials.model import CachedAssertion, IdentityRecord, TaskRecord
 from broker.core.credentials.ports import Sealer
 from broker.core.protocol.keys import AgentKey
-from broker.errors import KeyFormatError, SealingError, StoreCorrupt
+from broker.errors import KeyFormatError, SealingError, StoreCorrupt, StoreUnavailable, UnknownKek
 from broker.secrets import Secret
 
 PRIVATE_KEY_FIELD: Final = "private_key"
@@ -75,6 +75,12 @@ def iso(moment: datetime, name: str) -> str:
 def _open(sealer: Sealer, sealed: bytes, associated_data: bytes, what: str) -> bytes:
     try:
         return sealer.open(sealed, associated_data)
+    except UnknownKek as exc:
+        # Another replica already seals with a newer KEK (a rotation being rolled out): the value
+        # is fine, this replica just cannot read it yet. Deleting it would destroy the identity.
+        raise StoreUnavailable(
+            f"{what}: {exc.message}; add that KEK to BROKER_KEK_FILE on this replica"
+        ) from None
     except SealingError as exc:
         raise StoreCorrupt(f"{what}: {exc.message}") from None
 

@@ -42,6 +42,8 @@ class CallerUsage:
     by_method: Counter[str] = field(default_factory=Counter)
     denied: int = 0
     rate_limited: int = 0
+    by_rule: Counter[str] = field(default_factory=Counter)
+    """Denials by the policy rule that refused them (``caller.denied``'s ``rule``)."""
 
 
 def _token_from(metadata: Iterable[tuple[str, str | bytes]]) -> str | None:
@@ -121,7 +123,9 @@ class CallerGate:
         self._denied(caller, method, exc.rule)
 
     def _denied(self, caller: str, method: str, rule: str) -> None:
-        self.usage.setdefault(caller, CallerUsage()).denied += 1
+        usage = self.usage.setdefault(caller, CallerUsage())
+        usage.denied += 1
+        usage.by_rule[rule] += 1
         log.warning(Event.CALLER_DENIED, caller=caller, rpc_method=method, rule=rule)
 
     def completed(self, caller: str, method: str, code: str) -> None:

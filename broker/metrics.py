@@ -1,0 +1,392 @@
+"""Prometheus metrics and the ops HTTP listener (``BROKER_OPS_LISTEN``): /metrics, /healthz, /readyz.
+
+Theory of operation
+-------------------
+:class:`BrokerMetrics` owns one :class:`~prometheus_client.CollectorRegistry` per broker (never the
+global one: a test process runs many brokers). Two kinds of series feed it:
+
+* events counted as they happen, through hooks: every finished RPC (the interceptor's
+  ``on_completed``), every control-plane exchange (``ControlPlaneClient(on_request=...)``), the
+  health monitor's store check, and whether the broker serves;
+* the broker's own cumulative counters, read at scrape time by a collector: the authorizer's
+  counters (schemes, fallback reasons, cache levels, mints), the caller gate's denials, the circuits
+  and the watch hub. Nothing is counted twice, and ``broker.stats`` and ``/metrics`` agree.
+
+:data:`METRICS` lists every family as data (name, type, help, labels), like the event catalogue.
+Label values are only method names, status codes, schemes, reasons, operations, rules and configured
+identity names: never a thread, task or runtime id, a caller token or a peer address.
+
+:class:`OpsServer` serves the registry over aiohttp on the broker's event loop: ``/metrics``
+(Prometheus text, or OpenMetrics when asked), ``/healthz`` (200 while the process runs) and
+``/readyz`` (200 while the broker serves and the store answers, else 503 with a JSON reason).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter as Tally
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final, Literal
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from broker import __version__
+from broker.core.credentials.circuit import CircuitState
+from broker.core.credentials.model import FallbackReason
+from broker.errors import ConfigError
+
+if TYPE_CHECKING:
+    from broker.core.credentials.authorizer import Authorizer
+    from broker.core.credentials.circuit import CircuitBreaker
+    from broker.transport.grpc.callers import CallerGate
+
+Kind = Literal["counter", "gauge", "histogram", "info"]
+
+RPC_BUCKETS: Final = (5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+"""Seconds: an L1 hit answers in well under a millisecond, a cold thread task in a second or two."""
+CONTROLPLANE_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 45)
+DENIAL_RULES: Final = (
+    "authentication",
+    "admin",
+    "identity",
+    "bearer_only",
+    "bearer_fallback",
+    "rate_limit",
+)
+"""The caller policy rules (``caller.denied`` events' ``rule``), pre-initialised to 0."""
+_STREAMING: Final = frozenset({"WatchAuthorization", "Watch", "ServerReflectionInfo"})
+"""Streaming RPCs: their duration is the stream's life, so they stay out of the latency histogram."""
+_READY_STORE_TIMEOUT_S: Final = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSpec:
+    """One metric family the broker exports.
+
+    Attributes:
+        name: the family name (a counter's samples end in ``_total``).
+        kind: counter, gauge, histogram or info.
+        help: one line saying what it measures.
+        labels: its label names.
+    """
+
+    name: str
+    kind: Kind
+    help: str
+    labels: tuple[str, ...] = ()
+
+    @property
+    def series(self) -> tuple[str, ...]:
+        """The sample names a query can use."""
+        match self.kind:
+            case "counter":
+                return (f"{self.name}_total",)
+            case "histogram":
+                return tuple(f"{self.name}_{s}" for s in ("bucket", "sum", "count"))
+            case "info":
+                return (f"{self.name}_info",)
+            case "gauge":
+                return (self.name,)
+
+
+def _spec(name: str, kind: Kind, help_text: str, *labels: str) -> MetricSpec:
+    return MetricSpec(name, kind, help_text, labels)
+
+
+RPCS = _spec("broker_rpcs", "counter", "Finished RPCs by gRPC code.", "service", "method", "code")
+RPC_SECONDS = _spec(
+    "broker_rpc_duration_seconds", "histogram", "Unary RPC latency.", "service", "method"
+)
+AUTHORIZATIONS = _spec(
+    "broker_authorizations",
+    "counter",
+    "Headers resolved by scheme; Bearer by fallback reason (single-flight joiners share one).",
+    "scheme",
+    "fallback_reason",
+)
+CACHE_HITS = _spec("broker_cache_hits", "counter", "Assertion cache hits by level.", "level")
+CACHE_MISSES = _spec(
+    "broker_cache_misses", "counter", "Assertion cache misses by level (l2: minted).", "level"
+)
+MINTED = _spec("broker_assertions_minted", "counter", "Assertions signed by this replica.")
+THROTTLED = _spec(
+    "broker_rejections_throttled", "counter", "Rejection reports not acted on (too soon)."
+)
+CONTROLPLANE = _spec(
+    "broker_controlplane_requests",
+    "counter",
+    "HTTP exchanges with the control plane by HTTP status, or the error when none came back.",
+    "identity",
+    "operation",
+    "status",
+)
+CONTROLPLANE_SECONDS = _spec(
+    "broker_controlplane_request_duration_seconds",
+    "histogram",
+    "Control-plane exchange latency.",
+    "identity",
+    "operation",
+)
+TASK_REGISTRATIONS = _spec(
+    "broker_task_registrations", "counter", "Tasks registered at the control plane.", "identity"
+)
+STORE_UP = _spec("broker_store_up", "gauge", "1 while the store answered the last health check.")
+SERVING = _spec("broker_serving", "gauge", "1 while the broker serves (0 starting or draining).")
+CIRCUIT_OPEN = _spec(
+    "broker_controlplane_circuit_open",
+    "gauge",
+    "1 while the identity's control-plane circuit is open.",
+    "identity",
+)
+WATCH_STREAMS = _spec("broker_watch_streams", "gauge", "Open WatchAuthorization streams.")
+WATCH_TOPICS = _spec("broker_watch_topics", "gauge", "Distinct (identity, slot, mode) watched.")
+DENIED = _spec("broker_callers_denied", "counter", "Callers refused, by policy rule.", "rule")
+BUILD = _spec("broker_build", "info", "The broker's version.", "version")
+
+METRICS: Final = (
+    RPCS,
+    RPC_SECONDS,
+    AUTHORIZATIONS,
+    CACHE_HITS,
+    CACHE_MISSES,
+    MINTED,
+    THROTTLED,
+    CONTROLPLANE,
+    CONTROLPLANE_SECONDS,
+    TASK_REGISTRATIONS,
+    STORE_UP,
+    SERVING,
+    CIRCUIT_OPEN,
+    WATCH_STREAMS,
+    WATCH_TOPICS,
+    DENIED,
+    BUILD,
+)
+"""Every broker family (the registry also carries the standard ``process_*`` families)."""
+
+
+class _StateCollector(Collector):
+    """Reads the broker's cumulative counters and gauges at scrape time."""
+
+    def __init__(self) -> None:
+        self.authorizer: Authorizer | None = None
+        self.gate: CallerGate | None = None
+        self.breakers: Mapping[str, CircuitBreaker] = {}
+
+    def describe(self) -> Iterable[Metric]:
+        return list(self._families(Tally(), Tally(), 0, 0))
+
+    def collect(self) -> Iterable[Metric]:
+        counters: Tally[str] = Tally(self.authorizer.counters if self.authorizer else {})
+        rules: Tally[str] = Tally()
+        for usage in (self.gate.usage if self.gate else {}).values():
+            rules.update(usage.by_rule)
+        hub = self.authorizer.watch_hub if self.authorizer else None
+        streams, topics = (hub.watchers, hub.topics) if hub else (0, 0)
+        return list(self._families(counters, rules, streams, topics))
+
+    def _families(
+        self, counters: Tally[str], rules: Tally[str], streams: int, topics: int
+    ) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            AUTHORIZATIONS.name, AUTHORIZATIONS.help, labels=list(AUTHORIZATIONS.labels)
+        )
+        assertions = counters["l1_hit"] + counters["l2_hit"] + counters["assertion_minted"]
+        family.add_metric(["agent_assertion", FallbackReason.NONE.value], assertions)
+        for reason in FallbackReason:
+            if reason is not FallbackReason.NONE:
+                family.add_metric(["bearer", reason.value], counters[f"bearer.{reason.value}"])
+        yield family
+        hits = CounterMetricFamily(CACHE_HITS.name, CACHE_HITS.help, labels=["level"])
+        hits.add_metric(["l1"], counters["l1_hit"])
+        hits.add_metric(["l2"], counters["l2_hit"])
+        yield hits
+        misses = CounterMetricFamily(CACHE_MISSES.name, CACHE_MISSES.help, labels=["level"])
+        misses.add_metric(["l1"], counters["l1_miss"])
+        misses.add_metric(["l2"], counters["assertion_minted"])
+        yield misses
+        yield CounterMetricFamily(MINTED.name, MINTED.help, value=counters["assertion_minted"])
+        yield CounterMetricFamily(
+            THROTTLED.name, THROTTLED.help, value=counters["rejection_throttled"]
+        )
+        denied = CounterMetricFamily(DENIED.name, DENIED.help, labels=["rule"])
+        for rule in sorted({*DENIAL_RULES, *rules}):
+            denied.add_metric([rule], rules[rule])
+        yield denied
+        circuits = GaugeMetricFamily(CIRCUIT_OPEN.name, CIRCUIT_OPEN.help, labels=["identity"])
+        for name, breaker in sorted(self.breakers.items()):
+            circuits.add_metric([name], 1 if breaker.state is CircuitState.OPEN else 0)
+        yield circuits
+        yield GaugeMetricFamily(WATCH_STREAMS.name, WATCH_STREAMS.help, value=streams)
+        yield GaugeMetricFamily(WATCH_TOPICS.name, WATCH_TOPICS.help, value=topics)
+
+
+class BrokerMetrics:
+    """One broker's registry and instruments (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        registry = self.registry
+
+        def counter(spec: MetricSpec) -> Counter:
+            return Counter(spec.name, spec.help, spec.labels, registry=registry)
+
+        def histogram(spec: MetricSpec, buckets: Iterable[float]) -> Histogram:
+            return Histogram(
+                spec.name, spec.help, spec.labels, registry=registry, buckets=tuple(buckets)
+            )
+
+        self._rpcs = counter(RPCS)
+        self._rpc_seconds = histogram(RPC_SECONDS, RPC_BUCKETS)
+        self._controlplane = counter(CONTROLPLANE)
+        self._controlplane_seconds = histogram(CONTROLPLANE_SECONDS, CONTROLPLANE_BUCKETS)
+        self._registrations = counter(TASK_REGISTRATIONS)
+        self._store_up = Gauge(STORE_UP.name, STORE_UP.help, registry=registry)
+        self._serving = Gauge(SERVING.name, SERVING.help, registry=registry)
+        self._is_serving = False
+        Info(BUILD.name, BUILD.help, registry=registry).info({"version": __version__})
+        self._state = _StateCollector()
+        registry.register(self._state)
+        ProcessCollector(registry=registry)
+
+    def bind(
+        self,
+        *,
+        authorizer: Authorizer,
+        gate: CallerGate,
+        breakers: Mapping[str, CircuitBreaker],
+    ) -> None:
+        """Read these objects' counters at every scrape."""
+        self._state.authorizer = authorizer
+        self._state.gate = gate
+        self._state.breakers = breakers
+
+    # -- hooks -------------------------------------------------------------------------------------
+
+    def rpc_completed(self, method: str, code: str, seconds: float) -> None:
+        """Count one finished RPC (``/package.Service/Method``, a gRPC code name)."""
+        service, _, name = method.lstrip("/").rpartition("/")
+        self._rpcs.labels(service, name, code).inc()
+        if name not in _STREAMING:
+            self._rpc_seconds.labels(service, name).observe(seconds)
+
+    def controlplane_observer(self, identity: str) -> Callable[[str, str, float], None]:
+        """The ``on_request`` hook of ``identity``'s control-plane client."""
+        requests = self._controlplane
+        latency = self._controlplane_seconds
+        registrations = self._registrations.labels(identity)
+
+        def observe(operation: str, status: str, seconds: float) -> None:
+            requests.labels(identity, operation, status).inc()
+            latency.labels(identity, operation).observe(seconds)
+            if operation == "register_task" and status.startswith("2"):
+                registrations.inc()
+
+        return observe
+
+    def store_checked(self, reachable: bool) -> None:
+        """Record the outcome of a store health check."""
+        self._store_up.set(1 if reachable else 0)
+
+    @property
+    def serving(self) -> bool:
+        """Whether the broker serves (set by the app when it starts and when it drains)."""
+        return self._is_serving
+
+    @serving.setter
+    def serving(self, value: bool) -> None:
+        self._is_serving = value
+        self._serving.set(1 if value else 0)
+
+    def series_names(self) -> frozenset[str]:
+        """Every sample name the registry exports (counters ``_total``, histograms ``_bucket``...)."""
+        kinds: dict[str, Kind] = {"counter": "counter", "histogram": "histogram", "info": "info"}
+        return frozenset(
+            name
+            for family in self.registry.collect()
+            for name in MetricSpec(family.name, kinds.get(family.type, "gauge"), "").series
+        )
+
+
+# -- the ops listener ------------------------------------------------------------------------------
+
+
+class OpsServer:
+    """``/metrics``, ``/healthz`` and ``/readyz`` over HTTP on the broker's event loop.
+
+    Args:
+        metrics: the registry to expose, and whether the broker serves.
+        listen: ``HOST:PORT`` (port 0 picks a free one).
+        check_store: pings the store; ``True`` when it answers.
+    """
+
+    def __init__(
+        self,
+        metrics: BrokerMetrics,
+        listen: str,
+        *,
+        check_store: Callable[[], Awaitable[bool]],
+    ) -> None:
+        self._metrics = metrics
+        self._listen = listen
+        self._check_store = check_store
+        self._runner: web.AppRunner | None = None
+        self.address: str | None = None
+        """``host:port`` actually bound, once started."""
+
+    async def start(self) -> None:
+        """Bind and serve.
+
+        Raises:
+            ConfigError: the address cannot be bound (names ``BROKER_OPS_LISTEN``).
+        """
+        app = web.Application()
+        app.router.add_get("/metrics", self._scrape)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        host, _, port = self._listen.rpartition(":")
+        try:
+            await web.TCPSite(runner, host.strip("[]"), int(port)).start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise ConfigError(f"BROKER_OPS_LISTEN: cannot bind {self._listen}: {exc}") from exc
+        self._runner = runner
+        self.address = f"{host}:{runner.addresses[0][1]}"
+
+    async def stop(self) -> None:
+        """Stop listening (idempotent)."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def _scrape(self, request: web.Request) -> web.Response:
+        encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+        return web.Response(
+            body=encode(self._metrics.registry), headers={"Content-Type": content_type}
+        )
+
+    async def _healthz(self, _request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _readyz(self, _request: web.Request) -> web.Response:
+        reason = await self._not_ready()
+        if reason is None:
+            return web.json_response({"ready": True})
+        return web.json_response({"ready": False, "reason": reason}, status=503)
+
+    async def _not_ready(self) -> str | None:
+        if not self._metrics.serving:
+            return "not_serving: the broker is starting or draining"
+        try:
+            async with asyncio.timeout(_READY_STORE_TIMEOUT_S):
+                reachable = await self._check_store()
+        except TimeoutError:
+            reachable = False
+        return None if reachable else "store_unreachable: the store does not answer PING"
