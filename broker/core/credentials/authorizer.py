@@ -33,6 +33,7 @@ from datetime import datetime, timedelta
 import structlog
 
 from broker.core.callers import CallerPolicy
+from broker.core.credentials.fallback import BOOTSTRAP_COOLDOWN, FallbackPolicy
 from broker.core.credentials.identity import IdentityManager
 from broker.core.credentials.model import (
     Authorization,
@@ -48,7 +49,6 @@ from broker.core.credentials.ports import Clock, Store
 from broker.core.credentials.singleflight import SingleFlight
 from broker.core.credentials.spec import (
     IdentityRuntime,
-    Profile,
     Source,
     binding,
     validate_identity_name,
@@ -58,10 +58,7 @@ from broker.core.credentials.tasks import TaskRegistry
 from broker.core.credentials.watch import WatchHub, WatchKey
 from broker.core.protocol.assertion import build_assertion, parse_assertion
 from broker.errors import (
-    BootstrapRefused,
-    BrokerError,
     ControlPlaneError,
-    ControlPlaneUnavailable,
     IdentityUnusable,
     InvalidArgument,
     NoBearerToken,
@@ -76,8 +73,6 @@ log = structlog.get_logger("broker.authorizer")
 
 # An invalidation of this slot means "everything of the identity" (rotation, flush).
 ALL_SLOTS = "*"
-# The fleet-wide marker that keeps an ``authapi`` identity on Bearer after a bootstrap failure.
-BOOTSTRAP_COOLDOWN = "bootstrap"
 
 # Errors on the way to an assertion that the protocol answers with a Bearer fallback (§8.1).
 _FALLBACK_ERRORS = (ControlPlaneError, ProtocolError, IdentityUnusable, NoBearerToken)
@@ -143,6 +138,7 @@ class Authorizer:
         )
         self.counters: Counter[str] = Counter()
         """Cumulative counts for ``broker.stats``: cache levels, schemes and fallback reasons."""
+        self._fallbacks = FallbackPolicy(store, self.counters)
 
     # -- lookups -----------------------------------------------------------------------------------
 
@@ -233,9 +229,9 @@ class Authorizer:
                 f"{spec.assertion_ttl - spec.refresh_margin:g} seconds for identity {spec.name!r}"
             )
         if mode is Mode.BEARER_ONLY:
-            return await self._bearer(runtime, FallbackReason.REQUESTED, thread_id)
+            return await self._fallbacks.bearer(runtime, FallbackReason.REQUESTED, thread_id)
         if not spec.enabled:
-            return await self._bearer(runtime, FallbackReason.DISABLED, thread_id)
+            return await self._fallbacks.bearer(runtime, FallbackReason.DISABLED, thread_id)
         slot = task_slot(thread_id)
         needed = timedelta(seconds=max(min_remaining, 0.0))
         entry = self._l1.get((spec.name, slot))
@@ -244,7 +240,7 @@ class Authorizer:
             return entry.authorization
         self.counters["l1_miss"] += 1
         if not thread_id and not spec.supported_host:
-            return await self._bearer(runtime, FallbackReason.UNSUPPORTED_HOST, thread_id)
+            return await self._fallbacks.bearer(runtime, FallbackReason.UNSUPPORTED_HOST, thread_id)
         return await self._flights.do(
             (spec.name, slot, min_remaining),
             lambda: self._resolve(runtime, thread_id, slot, needed),
@@ -255,104 +251,27 @@ class Authorizer:
     ) -> Authorization:
         spec = runtime.spec
         if spec.source is Source.REGISTER and not (await binding(runtime))[0]:
-            return await self._bearer(runtime, FallbackReason.IDENTITY_UNAVAILABLE, thread_id)
-        if self._bootstraps(runtime) and not thread_id:
+            return await self._fallbacks.bearer(
+                runtime, FallbackReason.IDENTITY_UNAVAILABLE, thread_id
+            )
+        if FallbackPolicy.bootstraps(runtime) and not thread_id:
             remaining = await self._store.cooldown_remaining(spec.name, BOOTSTRAP_COOLDOWN)
             if remaining is not None:
-                return await self._bearer(runtime, FallbackReason.BOOTSTRAP_UNAVAILABLE, thread_id)
+                return await self._fallbacks.bearer(
+                    runtime, FallbackReason.BOOTSTRAP_UNAVAILABLE, thread_id
+                )
         try:
             identity = await self._identity_manager.current(runtime)
         except _FALLBACK_ERRORS as exc:
-            return await self._identity_failure(runtime, thread_id, exc)
+            return await self._fallbacks.identity_failure(runtime, thread_id, exc)
         try:
             task = await self._tasks.peek(identity, slot)
             if task is None:
                 identity = await self._identity_manager.reconcile(runtime, identity)
                 task = await self._tasks.task_for(runtime, identity, slot)
         except _FALLBACK_ERRORS as exc:
-            return await self._task_failure(runtime, thread_id, exc)
+            return await self._fallbacks.task_failure(runtime, thread_id, exc)
         return await self._assertion(runtime, identity, task, needed)
-
-    @staticmethod
-    def _bootstraps(runtime: IdentityRuntime) -> bool:
-        """Whether failures follow the ``authapi`` bootstrap rules (§8.5, §11.2)."""
-        spec = runtime.spec
-        return spec.profile is Profile.AUTHAPI and spec.source is Source.REGISTER
-
-    async def _identity_failure(
-        self, runtime: IdentityRuntime, thread_id: str, exc: BrokerError
-    ) -> Authorization:
-        spec = runtime.spec
-        if not spec.has_bearer:
-            # No Bearer to fall back to (§8.4): the error itself is the answer; a JWKS outage
-            # stays UNAVAILABLE (retryable), an untrusted JWT FAILED_PRECONDITION.
-            if isinstance(exc, IdentityUnusable | ControlPlaneUnavailable):
-                raise exc
-            raise IdentityUnusable(f"identity {spec.name!r} is unusable: {exc.message}") from exc
-        if thread_id:
-            self._log_failure(spec.name, thread_id, exc)
-            raise TaskUnavailable(
-                f"the identity for thread {thread_id!r} could not be established ({exc.reason}); "
-                "thread calls do not fall back to Bearer, retry later"
-            ) from exc
-        if self._bootstraps(runtime):
-            return await self._bootstrap_failure(runtime, thread_id, exc)
-        return await self._fallback(runtime, FallbackReason.IDENTITY_UNAVAILABLE, thread_id, exc)
-
-    async def _task_failure(
-        self, runtime: IdentityRuntime, thread_id: str, exc: BrokerError
-    ) -> Authorization:
-        spec = runtime.spec
-        if thread_id or not spec.has_bearer:
-            self._log_failure(spec.name, thread_id, exc)
-            what = f"the task of thread {thread_id!r}" if thread_id else "the run task"
-            raise TaskUnavailable(
-                f"{what} could not be registered ({exc.reason}); "
-                + (
-                    "thread calls do not fall back to Bearer, retry later"
-                    if thread_id
-                    else "a JWT identity has no Bearer to fall back to, retry later"
-                )
-            ) from exc
-        if self._bootstraps(runtime):
-            return await self._bootstrap_failure(runtime, thread_id, exc)
-        return await self._fallback(
-            runtime, FallbackReason.TASK_REGISTRATION_UNAVAILABLE, thread_id, exc
-        )
-
-    async def _bootstrap_failure(
-        self, runtime: IdentityRuntime, thread_id: str, exc: BrokerError
-    ) -> Authorization:
-        """§8.5: retryable -> Bearer and a fleet-wide cooldown; refused for good -> an error."""
-        spec = runtime.spec
-        if isinstance(exc, ControlPlaneUnavailable):
-            await self._store.start_cooldown(spec.name, BOOTSTRAP_COOLDOWN, spec.bootstrap_cooldown)
-            log.warning(
-                Event.BOOTSTRAP_COOLDOWN,
-                identity=spec.name,
-                operation=exc.operation,
-                cooldown_seconds=spec.bootstrap_cooldown,
-                detail=exc.message,
-            )
-            return await self._fallback(
-                runtime, FallbackReason.BOOTSTRAP_UNAVAILABLE, thread_id, exc
-            )
-        if isinstance(exc, ControlPlaneError):
-            raise BootstrapRefused(
-                f"the control plane refused to bootstrap identity {spec.name!r} "
-                f"({exc.operation}, HTTP {exc.status}); it is not retried and not masked by Bearer"
-            ) from exc
-        return await self._fallback(runtime, FallbackReason.IDENTITY_UNAVAILABLE, thread_id, exc)
-
-    @staticmethod
-    def _log_failure(name: str, thread_id: str, exc: BrokerError) -> None:
-        log.warning(
-            Event.AUTHORIZATION_FAILED,
-            identity=name,
-            thread_id=thread_id,
-            reason=exc.reason,
-            detail=exc.message,
-        )
 
     async def _assertion(
         self,
@@ -407,55 +326,6 @@ class Authorizer:
         )
         self._remember(spec.name, task.slot, authorization, cached.expires_at - margin)
         return authorization
-
-    async def _fallback(
-        self,
-        runtime: IdentityRuntime,
-        reason: FallbackReason,
-        thread_id: str,
-        exc: BrokerError,
-    ) -> Authorization:
-        log.warning(
-            Event.FALLBACK_BEARER,
-            identity=runtime.spec.name,
-            fallback_reason=reason.value,
-            error_reason=exc.reason,
-            detail=exc.message,
-        )
-        return await self._bearer(runtime, reason, thread_id, warned=True)
-
-    async def _bearer(
-        self,
-        runtime: IdentityRuntime,
-        reason: FallbackReason,
-        thread_id: str,
-        *,
-        warned: bool = False,
-    ) -> Authorization:
-        spec = runtime.spec
-        if not spec.has_bearer:
-            raise NoBearerToken(
-                f"identity {spec.name!r} is an Agent Identity JWT identity: it has no Bearer token "
-                f"to hand out ({reason.value}; protocol §8.4)"
-            )
-        token = await runtime.bearer.token()
-        if not token:
-            raise NoBearerToken(
-                f"identity {spec.name!r} needs a Bearer ({reason.value}) but the account's "
-                "bearer token is missing or empty"
-            )
-        self.counters[f"bearer.{reason.value}"] += 1
-        if not warned and reason is not FallbackReason.REQUESTED:
-            log.debug(Event.FALLBACK_BEARER, identity=spec.name, fallback_reason=reason.value)
-        account_id, _ = await binding(runtime)
-        return Authorization(
-            header_value=Secret(f"Bearer {token.reveal()}"),
-            scheme=Scheme.BEARER,
-            identity=spec.name,
-            fallback_reason=reason,
-            companion_headers=spec.companion_headers(account_id),
-            thread_id=thread_id,
-        )
 
     # -- L1 and change notification ----------------------------------------------------------------
 
