@@ -510,7 +510,7 @@ class TestBrokerOnCluster:
         """A broker on a cluster-backed store issues an assertion the emulator accepts."""
         store = RedisStore.from_url(cluster.url, KEK)
         try:
-            broker = await start_broker(store=store)
+            broker = await start_broker(store=store, identity=f"c{uuid.uuid4().hex}")
             answer = (
                 await broker.stub.GetAuthorization(pb.GetAuthorizationRequest())
             ).authorization
@@ -528,7 +528,8 @@ class TestBrokerOnCluster:
             load_settings({"BROKER_REDIS_URL": cluster.url, "BROKER_INSECURE": "true"})
         except ConfigError as exc:
             pytest.skip(f"broker/config.py does not accept redis+cluster:// yet ({exc.message})")
-        broker = await start_broker(redis_url=cluster.url)
+        # Its own identity: the cluster is shared by the module's tests, each with its own KEK.
+        broker = await start_broker(redis_url=cluster.url, identity=f"c{uuid.uuid4().hex}")
         answer = (await broker.stub.GetAuthorization(pb.GetAuthorizationRequest())).authorization
         assert answer.scheme == pb.SCHEME_AGENT_ASSERTION
         assert (await call_protected(emulator.base_url, answer)).status_code == 200
