@@ -75,3 +75,52 @@ class TestKilledMidRefresh:
             reuse=stats.refresh_token_reuse,
             seconds_until_survivor_answered=round(recovered_s, 2),
         )
+
+
+class TestCrossingExpiry:
+    async def test_three_processes_refresh_once(
+        self,
+        start_fleet: StartFleet,
+        emulator: Emulator,
+        redis_url: str,
+        identity_name: str,
+        tmp_path: Path,
+        fleet_report: Report,
+    ) -> None:
+        """Three replica processes x 200 callers arriving after the expiry: exactly one refresh."""
+        login = emulator.create_login("acct-dev", user_id="user-dev", access_lifetime_seconds=6)
+        auth_file = tmp_path / "auth.json"
+        auth_file.write_text(json.dumps(login))
+        fleet = await start_fleet(
+            redis_url=redis_url,
+            identity=identity_name,
+            replicas=3,
+            env={
+                "BROKER_ACCOUNT_SOURCE": "login",
+                "BROKER_ACCOUNT_FILE": str(auth_file),
+                "BROKER_OAUTH_ISSUER": emulator.issuer_url,
+                "BROKER_OAUTH_CLIENT_ID": emulator.oauth_client_id,
+                "BROKER_ACCOUNT_REFRESH_MARGIN": "1",
+            },
+        )
+        expired = login["tokens"]["access_token"]
+        await asyncio.sleep(6.5)  # the access token expires: time itself is under test
+        started = time.monotonic()
+        results = await asyncio.gather(
+            *(fleet.stub(i).GetAuthorization(BEARER_ONLY, timeout=30) for i in range(600))
+        )
+        elapsed = time.monotonic() - started
+        stats = emulator.stats()
+        headers = {r.authorization.header_value for r in results}
+        assert stats.refreshes == 1
+        assert stats.refresh_token_reuse == 0
+        assert stats.families_revoked == 0
+        assert len(headers) == 1
+        assert f"Bearer {expired}" not in headers
+        fleet_report(
+            callers=600,
+            replicas=3,
+            refreshes=stats.refreshes,
+            reuse=stats.refresh_token_reuse,
+            seconds_for_all_callers=round(elapsed, 2),
+        )
