@@ -45,6 +45,9 @@ def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--log-level", help="debug, info, warning, error (BROKER_LOG_LEVEL)")
     parser.add_argument(
+        "--ops-listen", help="HOST:PORT for /metrics, /healthz, /readyz (BROKER_OPS_LISTEN)"
+    )
+    parser.add_argument(
         "--insecure",
         action="store_const",
         const=True,
@@ -233,6 +236,7 @@ def _serve(args: argparse.Namespace) -> int:
         "kek_file": args.kek_file,
         "assertion_ttl": args.assertion_ttl,
         "log_level": args.log_level,
+        "ops_listen": args.ops_listen,
         "insecure": args.insecure,
     }
     settings = load_settings(os.environ, overrides)
