@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
@@ -18,6 +17,7 @@ from typing import Any, Final
 import httpx
 import structlog
 
+from broker.adapters.watched_file import WatchedFile
 from broker.core.credentials.model import IdentityRecord
 from broker.core.credentials.ports import Clock
 from broker.core.protocol import agent_jwt
@@ -28,48 +28,13 @@ from broker.secrets import Secret
 
 log = structlog.get_logger("broker.identity_sources")
 
-_MAX_FILE_BYTES: Final = 256 * 1024
-_RECHECK_SECONDS: Final = 1.0
 
-
-class _WatchedFile:
-    """The stripped text of a file, re-read when its inode, size or mtime changes."""
-
-    def __init__(self, path: Path, clock: Clock, what: str) -> None:
-        self._path = path
-        self._clock = clock
-        self._what = what
-        self._checked_at: float | None = None
-        self._signature: tuple[int, int, int] | None = None
-        self._text: Secret | None = None
-
-    async def read(self) -> tuple[Secret, bool]:
-        """The content and whether it changed since the last call."""
-        now = self._clock.monotonic()
-        if self._checked_at is not None and now - self._checked_at < _RECHECK_SECONDS:
-            assert self._text is not None  # noqa: S101  (set on the first successful read)
-            return self._text, False
-        text, changed = await asyncio.to_thread(self._refresh)
-        self._checked_at = now
-        return text, changed
-
-    def _refresh(self) -> tuple[Secret, bool]:
-        try:
-            stat = os.stat(self._path)
-            signature = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
-            if signature == self._signature and self._text is not None:
-                return self._text, False
-            with open(self._path, "rb") as handle:
-                raw = handle.read(_MAX_FILE_BYTES + 1)
-        except OSError as exc:
-            raise IdentityUnusable(
-                f"{self._what} file {str(self._path)!r}: {exc.strerror}"
-            ) from None
-        if len(raw) > _MAX_FILE_BYTES:
-            raise IdentityUnusable(f"{self._what} file {str(self._path)!r} is too large")
-        self._signature = signature
-        self._text = Secret(raw.decode("utf-8", errors="replace").strip())
-        return self._text, True
+async def _read(file: WatchedFile, what: str) -> tuple[Secret, bool]:
+    """The file's content and whether it changed; a missing or unreadable file is unusable."""
+    state = await file.read()
+    if state.text is None:
+        raise IdentityUnusable(f"{what} file {str(file.path)!r}: {state.error}")
+    return state.text, state.changed
 
 
 class JwksCache:
@@ -164,7 +129,7 @@ class JwtIdentitySource:
         self._name = name
         self._jwks = jwks
         self._clock = clock
-        self._file = _WatchedFile(path, clock, "agent identity JWT") if path is not None else None
+        self._file = WatchedFile(path, clock) if path is not None else None
         self._value = value
         self._issuer = issuer
         self._audience = audience
@@ -174,7 +139,7 @@ class JwtIdentitySource:
     async def load(self) -> IdentityRecord:
         """The identity of the current JWT, verified when it changes; expiry checked every time."""
         if self._file is not None:
-            token, changed = await self._file.read()
+            token, changed = await _read(self._file, "agent identity JWT")
             if changed:
                 self._record = None
         else:
@@ -223,7 +188,7 @@ class ImportIdentitySource:
 
     def __init__(self, name: str, path: Path, clock: Clock) -> None:
         self._name = name
-        self._file = _WatchedFile(path, clock, "identity record")
+        self._file = WatchedFile(path, clock)
         self._clock = clock
         self._record: IdentityRecord | None = None
 
@@ -233,7 +198,7 @@ class ImportIdentitySource:
         Raises:
             IdentityUnusable: unreadable file, bad JSON, or a field that fails validation (named).
         """
-        text, changed = await self._file.read()
+        text, changed = await _read(self._file, "identity record")
         if self._record is None or changed:
             self._record = self._parse(text.reveal())
         return self._record
