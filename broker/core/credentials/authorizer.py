@@ -192,15 +192,11 @@ class Authorizer:
         # Hot path: an L1 entry exists only for a validated (identity, thread) and only holds
         # assertions, so a fresh hit needs no validation, no store round trip and no signature.
         if mode is Mode.DEFAULT and min_remaining >= 0.0:
-            entry = self._l1.get((identity or self._default, task_slot(thread_id)))
-            if (
-                entry is not None
-                and self._clock.now() + timedelta(seconds=min_remaining) < entry.serve_until
-            ):
+            hit = self._cached(identity or self._default, task_slot(thread_id), min_remaining)
+            if hit is not None:
                 if caller is not None:
-                    caller.check_identity(entry.authorization.identity)
-                self.counters["l1_hit"] += 1
-                return entry.authorization
+                    caller.check_identity(hit.identity)
+                return hit
         if caller is not None:
             caller.check_identity(self.runtime(identity).spec.name)
             if mode is Mode.BEARER_ONLY:
@@ -209,6 +205,17 @@ class Authorizer:
         if caller is not None:
             self.check_delivery(caller, authorization)
         return authorization
+
+    def _cached(self, name: str, slot: str, min_remaining: float) -> Authorization | None:
+        """The L1 header of (identity, slot) if it stays valid ``min_remaining`` longer."""
+        entry = self._l1.get((name, slot))
+        if (
+            entry is None
+            or self._clock.now() + timedelta(seconds=min_remaining) >= entry.serve_until
+        ):
+            return None
+        self.counters["l1_hit"] += 1
+        return entry.authorization
 
     @staticmethod
     def check_delivery(caller: CallerPolicy, authorization: Authorization) -> None:
@@ -234,10 +241,9 @@ class Authorizer:
             return await self._fallbacks.bearer(runtime, FallbackReason.DISABLED, thread_id)
         slot = task_slot(thread_id)
         needed = timedelta(seconds=max(min_remaining, 0.0))
-        entry = self._l1.get((spec.name, slot))
-        if entry is not None and self._clock.now() + needed < entry.serve_until:
-            self.counters["l1_hit"] += 1
-            return entry.authorization
+        hit = self._cached(spec.name, slot, min_remaining)
+        if hit is not None:
+            return hit
         self.counters["l1_miss"] += 1
         if not thread_id and not spec.supported_host:
             return await self._fallbacks.bearer(runtime, FallbackReason.UNSUPPORTED_HOST, thread_id)
