@@ -2,6 +2,8 @@
 #   make run    install into .venv and start the broker wired to a local control-plane emulator
 #   make test   install, check generated code and lint, and run the whole test suite
 #   make bench  print throughput figures (broker vs. an echo server on the same stack)
+#   make lock   re-resolve requirements/*.txt (UPGRADE=1 for the newest releases)
+#   make test-latest  lint + fast suite in a throw-away venv with the newest releases (not CI)
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -15,19 +17,27 @@ PROTO_SRC := $(shell find proto -name '*.proto')
 PROTO_OUT := broker/_proto
 PYTEST_ARGS ?=
 
-.PHONY: help install run test test-fast lint proto check-generated bench redis-server clean
+.PHONY: help install lock run test test-fast test-latest lint lint-checks proto check-generated bench \
+	redis-server clean
 
 help:
-	@echo "make run | make test | make lint | make proto | make bench | make clean"
+	@echo "make run | make test | make lint | make proto | make bench | make lock | make test-latest | make clean"
 
-$(STAMP): pyproject.toml
+# The install resolves nothing: it takes the committed lock (requirements/dev.txt, every package
+# pinned with its hashes), then the broker and the Python client as editable installs built with the
+# locked setuptools. `make lock` rewrites the lock; `make test-latest` tries the newest releases.
+LOCK := requirements/dev.txt
+UV_COMPILE = $(BIN)/uv pip compile --universal --python-version 3.11 --generate-hashes --quiet
+
+$(STAMP): pyproject.toml clients/python/pyproject.toml $(LOCK)
 	@if ! $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null; then \
 	  echo "python venv support is missing; installing python3-venv"; \
 	  apt-get update -qq && apt-get install -y -qq python3-venv; \
 	fi
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e . -e clients/python
+	$(BIN)/python -m pip check
 	@touch $@
 
 install: $(STAMP)
@@ -60,9 +70,12 @@ check-generated: $(STAMP)
 	  echo "generated code is stale: run 'make proto' and commit the result"; exit 1; \
 	fi; echo "generated code is current"
 
-lint: $(STAMP)
-	$(BIN)/ruff format --check broker tests
-	$(BIN)/ruff check broker tests
+lint: $(STAMP) lint-checks
+
+# The checks alone, with whichever venv VENV names (test-latest runs them in its own).
+lint-checks:
+	$(BIN)/ruff format --check broker tests bench scripts
+	$(BIN)/ruff check broker tests bench scripts
 	$(BIN)/mypy
 	$(BIN)/buf lint
 	$(BIN)/buf format --diff --exit-code proto
@@ -75,6 +88,27 @@ test: $(STAMP) redis-server check-generated lint clients-check clients-lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory clients-test
 
+# Re-resolve the lock after a change to pyproject.toml, keeping every pin that still fits;
+# `make lock UPGRADE=1` moves every package to its newest allowed release instead.
+lock: $(STAMP)
+	$(UV_COMPILE) $(if $(UPGRADE),--upgrade) --extra dev -o $(LOCK) \
+	  pyproject.toml clients/python/pyproject.toml requirements/build.in
+	$(UV_COMPILE) -c $(LOCK) -o requirements/broker.txt pyproject.toml requirements/build.in
+	@echo "lock written: $(LOCK) (development and CI), requirements/broker.txt (the image)"
+
+# Not part of `make test` or CI: a throw-away venv with the newest releases that pyproject allows,
+# then the drift from the lock, lint and the fast suite, so a new release is met on a day of our
+# choosing. A failure here is a reason to fix and then `make lock UPGRADE=1`, not a broken main.
+LATEST := .venv-latest
+test-latest: redis-server
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install --quiet --upgrade pip
+	$(LATEST)/bin/python -m pip install --quiet --upgrade -e '.[dev]' -e 'clients/python[dev]'
+	$(LATEST)/bin/python scripts/lock_drift.py $(LOCK) $(LATEST)/bin/python
+	$(MAKE) --no-print-directory VENV=$(LATEST) lint-checks
+	$(LATEST)/bin/pytest -m 'not slow' $(PYTEST_ARGS)
+
 # Everything except the slow load/fault/topology tests.
 test-fast: $(STAMP) redis-server
 	$(BIN)/pytest -m 'not slow' $(PYTEST_ARGS)
@@ -85,7 +119,7 @@ bench: $(STAMP) redis-server
 	$(BIN)/python -m bench.watch_streams --streams 10000
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(LATEST) .pytest_cache .mypy_cache .ruff_cache .hypothesis
 
 # ---- Clients: clients/python, clients/node, clients/go (each tested against a real broker) ------
 #   make clients        regenerate every client's stubs from proto/
@@ -121,8 +155,8 @@ $(CLIENTS_NODE_STAMP): $(CLIENTS_NODE)/package.json $(CLIENTS_NODE)/package-lock
 	cd $(CLIENTS_NODE) && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
-$(CLIENTS_PY_STAMP): $(STAMP) clients/python/pyproject.toml
-	$(BIN)/python -m pip install --quiet -e 'clients/python[dev]'
+# The main install already holds the client (editable) and its locked development tools.
+$(CLIENTS_PY_STAMP): $(STAMP)
 	@touch $@
 
 clients: $(STAMP) clients-tools $(CLIENTS_NODE_STAMP)

@@ -19,7 +19,7 @@ owns the slot by then (the cluster client refreshes its slot map first).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import structlog
@@ -128,7 +128,9 @@ class InvalidationSubscriber:
                 self._failures += 1
                 await asyncio.sleep(self._backoff.compute(self._failures))
             finally:
-                await pubsub.aclose()  # type: ignore[no-untyped-call]  # unannotated in redis-py
+                # redis-py annotates aclose() only from 8.2 on: a typed name serves every release
+                close: Callable[[], Awaitable[None]] = pubsub.aclose
+                await close()
 
     async def _sharded_subscribe(self, pubsub: ClusterPubSub) -> None:
         cluster = self._client
