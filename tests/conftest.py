@@ -11,6 +11,7 @@ import pytest
 import structlog
 
 pytest_plugins = [
+    "tests.skip_guard",
     "tests.fixtures.redis",
     "tests.fixtures.emulator",
     "tests.fixtures.broker",
