@@ -6,6 +6,7 @@ measured and that the broker's warm path made no Redis command and signed nothin
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -14,7 +15,10 @@ from typing import Any
 
 import pytest
 
-from bench.processes import h2load_binary
+from bench.processes import BenchError, h2load_binary
+from bench.watch_streams import read_all
+from broker._proto.credential_broker.v1 import broker_pb2 as pb
+from tests.fixtures.broker import StartBroker
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -85,7 +89,8 @@ def test_warm_path_makes_no_redis_round_trip(bench_json: dict[str, Any]) -> None
 
 class TestWatchStreamsSmoke:
     def test_many_streams_share_one_refresher(self) -> None:
-        """A few hundred watch streams on one broker all get the header from one topic."""
+        """A few hundred watch streams on one broker all get the header from one topic, then one
+        forced refresh; the run reports memory per stream and the refresh's time to reach all."""
         result = subprocess.run(
             [sys.executable, "-m", "bench.watch_streams", "--streams", "300", "--json"],
             capture_output=True,
@@ -98,4 +103,24 @@ class TestWatchStreamsSmoke:
         figures = json.loads(result.stdout.strip().splitlines()[-1])
         assert figures["watch_streams_reported"] == 300
         assert figures["watch_topics_reported"] == 1
+        assert figures["streams_with_first_header"] == 300
+        assert figures["streams_with_refreshed_header"] == 300
         assert figures["broker_rss_with_streams_mib"] >= figures["broker_rss_before_mib"] > 0
+        assert figures["broker_rss_per_stream_kib"] > 0
+        assert figures["refresh_to_all_streams_s"] >= figures["refresh_to_median_stream_s"] > 0
+
+    async def test_a_stream_without_a_header_fails_the_run(self, start_broker: StartBroker) -> None:
+        """A stream that ends without a message is named in a BenchError, not left out silently."""
+        broker = await start_broker()
+        calls = [
+            broker.stub.WatchAuthorization(pb.WatchAuthorizationRequest(thread_id=thread))
+            for thread in ("", "", "bad id")
+        ]
+        deadline = asyncio.get_running_loop().time() + 10
+        with pytest.raises(
+            BenchError,
+            match=r"^1 of 3 watch streams got no first header \(1 ended with INVALID_ARGUMENT\)$",
+        ):
+            await read_all(calls, deadline, "first header")
+        for call in calls:
+            call.cancel()
