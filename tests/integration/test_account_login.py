@@ -1,4 +1,4 @@
-"""The account's login: imported sealed, refreshed exactly once for the whole fleet."""
+"""The account's login: imported sealed, refreshed exactly once for the whole fleet, kept sealed."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import grpc
@@ -14,7 +15,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from broker._proto.credential_broker.v1 import broker_pb2 as pb
+from broker.adapters.sealing import KekSealer
+from broker.adapters.store import keys
 from broker.catalog import problems
+from broker.core.credentials.model import AccountRecord
 from broker.emulator import Emulator
 from tests.fixtures.broker import RunningBroker, StartBroker
 from tests.integration.helpers import call_protected, error_reason
@@ -22,6 +26,9 @@ from tests.integration.helpers import call_protected, error_reason
 pytestmark = pytest.mark.integration
 
 BEARER_ONLY = pb.GetAuthorizationRequest(mode=pb.MODE_BEARER_ONLY)
+TOKEN_NAMES = ("access_token", "refresh_token", "id_token")
+# A bound on what the scan below collects (the test Redis holds a few hundred keys).
+_SCAN_LIMIT = 100_000
 
 
 def login_env(emulator: Emulator, auth_file: Path, margin: float = 60) -> dict[str, str]:
@@ -52,6 +59,81 @@ def assert_catalogued(entries: list[dict[str, object]]) -> None:
 
 async def bearer(broker: RunningBroker) -> str:
     return (await broker.stub.GetAuthorization(BEARER_ONLY)).authorization.header_value
+
+
+def login_tokens(record: AccountRecord) -> dict[str, str]:
+    """The three tokens of a stored login, in clear (read back through the store's KEK)."""
+    tokens = record.tokens
+    return {
+        "access_token": tokens.access_token.reveal(),
+        "refresh_token": tokens.refresh_token.reveal(),
+        "id_token": tokens.id_token.reveal(),
+    }
+
+
+async def redis_contents(redis_url: str) -> list[bytes]:
+    """Every key name and every value, of every type, in every database of the Redis, raw."""
+    client = aioredis.Redis.from_url(redis_url, socket_timeout=5)
+    try:
+        databases = [int(name.removeprefix("db")) for name in await client.info("keyspace")]
+    finally:
+        await client.aclose()
+    contents: list[bytes] = []
+    for db in databases:
+        client = aioredis.Redis.from_url(redis_url, db=db, socket_timeout=5)
+        try:
+            async for key in client.scan_iter(count=1000):
+                contents.append(key)
+                assert len(contents) < _SCAN_LIMIT
+                kind = (await client.type(key)).decode()
+                if kind == "string":
+                    contents.append(await client.get(key) or b"")
+                elif kind == "hash":
+                    for name, value in (await client.hgetall(key)).items():
+                        contents += [name, value]
+                elif kind == "list":
+                    contents += await client.lrange(key, 0, -1)
+                elif kind == "set":
+                    contents += await client.smembers(key)
+                elif kind == "zset":
+                    contents += await client.zrange(key, 0, -1)
+                elif kind == "stream":
+                    for _, entry in await client.xrange(key):
+                        for name, value in entry.items():
+                            contents += [name, value]
+                elif kind != "none":  # "none": the key expired between SCAN and TYPE
+                    pytest.fail(f"a Redis {kind} this scan cannot read")
+        finally:
+            await client.aclose()
+    return contents
+
+
+def assert_not_in_clear(contents: list[bytes], tokens: Iterable[str]) -> None:
+    """No token (nor a JWT token's payload or signature on its own) is in any key or value."""
+    needles = set()
+    for token in tokens:
+        assert len(token) >= 16
+        needles.add(token)
+        needles.update(part for part in token.split(".")[1:] if len(part) >= 16)
+    for needle in needles:
+        found = needle.encode()
+        assert not any(found in chunk for chunk in contents), "a login token is in Redis in clear"
+
+
+async def assert_login_sealed(
+    redis_url: str, identity: str, tokens: dict[str, str], earlier: dict[str, str]
+) -> None:
+    """Redis holds the login ``tokens`` (and the ``earlier`` ones) sealed only, nowhere in clear."""
+    client = aioredis.Redis.from_url(redis_url, socket_timeout=5)
+    try:
+        sealed = await client.hget(keys.account_key(identity), "tokens")
+    finally:
+        await client.aclose()
+    assert sealed is not None
+    assert KekSealer.key_id_of(sealed) is not None, "the login's tokens are not KEK-sealed"
+    contents = await redis_contents(redis_url)
+    assert keys.account_key(identity).encode() in contents  # the scan saw the login
+    assert_not_in_clear(contents, [*tokens.values(), *earlier.values()])
 
 
 class TestImport:
@@ -86,23 +168,10 @@ class TestImport:
             "active",
         )
         tokens = json.loads(auth_file.read_text())["tokens"]
-        for name in ("access_token", "refresh_token", "id_token"):
+        for name in TOKEN_NAMES:
             assert tokens[name] not in result.stdout + result.stderr
-
-        async def raw_dump() -> bytes:
-            client = aioredis.Redis.from_url(redis_url)
-            try:
-                dump = b""
-                async for key in client.scan_iter(match=f"cb:{{{identity_name}}}:*"):
-                    dump += b"".join(await client.hvals(key))
-                return dump
-            finally:
-                await client.aclose()
-
-        dump = asyncio.run(raw_dump())
-        assert dump
-        for name in ("access_token", "refresh_token", "id_token"):
-            assert tokens[name].encode() not in dump
+        imported = {name: tokens[name] for name in TOKEN_NAMES}
+        asyncio.run(assert_login_sealed(redis_url, identity_name, imported, {}))
 
     def test_import_refuses_garbage(self, tmp_path: Path, redis_url: str, kek_file: Path) -> None:
         """A file that is not a ChatGPT login is refused naming what is wrong."""
@@ -189,6 +258,34 @@ class TestRefresh:
         fresh = {await bearer(broker) for broker in brokers}
         assert len(fresh) == 1
         assert old not in fresh
+
+    async def test_refreshed_tokens_are_sealed(
+        self,
+        start_broker: StartBroker,
+        emulator: Emulator,
+        auth_file: Path,
+        redis_url: str,
+        identity_name: str,
+    ) -> None:
+        """After a refresh Redis holds the new access, refresh and id tokens sealed, never clear."""
+        document = json.loads(auth_file.read_text())  # noqa: ASYNC240  (a test's own tmp file)
+        imported = {name: document["tokens"][name] for name in TOKEN_NAMES}
+        env = login_env(emulator, auth_file)
+        broker = await start_broker(
+            redis_url=redis_url, identity=identity_name, token=None, env=env
+        )
+        old = await bearer(broker)
+        emulator.expire_access_tokens("acct-dev")
+        await broker.stub.ReportRejection(
+            pb.ReportRejectionRequest(header_value=old, http_status=401)
+        )
+        assert emulator.stats().refreshes == 1
+        record = await broker.app.store.load_account(identity_name)
+        assert record is not None
+        refreshed = login_tokens(record)
+        assert all(refreshed[name] != imported[name] for name in TOKEN_NAMES)  # all three are new
+        assert await bearer(broker) == f"Bearer {refreshed['access_token']}"
+        await assert_login_sealed(redis_url, identity_name, refreshed, imported)
 
     async def test_invalid_grant_requires_reauth(
         self,
