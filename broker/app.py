@@ -82,7 +82,7 @@ def build_store(settings: Settings, clock: Clock) -> Store:
     """Redis when a URL is configured (sealed at rest), else the embedded in-process store.
 
     Raises:
-        ConfigError: Redis without a key-encryption key and without ``--insecure``.
+        ConfigError: Redis without a key-encryption key and without ``allow_unsealed_store``.
     """
     if not settings.redis_url:
         log.warning(
@@ -94,16 +94,19 @@ def build_store(settings: Settings, clock: Clock) -> Store:
     sealer: Sealer
     if settings.kek_file is not None:
         sealer = load_kek_file(settings.kek_file)
-    elif settings.insecure:
+    elif settings.allow_unsealed_store:
         log.warning(
-            Event.STORE_INSECURE,
-            detail="--insecure: private keys and cached assertions are stored in Redis unsealed",
+            Event.STORE_UNSEALED,
+            setting="BROKER_ALLOW_UNSEALED_STORE",
+            detail="no BROKER_KEK_FILE: private keys, tokens and cached assertions are stored in "
+            "Redis unsealed; anyone who can read Redis can act as the identity",
         )
         sealer = PlaintextSealer()
     else:
         raise ConfigError(
             "BROKER_KEK_FILE: Redis state must be sealed at rest; set BROKER_KEK_FILE "
-            "(see 'credential-broker kek generate') or pass --insecure for development"
+            "(see 'credential-broker kek generate'), or for development only "
+            "BROKER_ALLOW_UNSEALED_STORE=true (--allow-unsealed-store)"
         )
     return RedisStore.from_url(settings.redis_url, sealer)
 
@@ -122,6 +125,7 @@ def identity_spec(settings: Settings, identity: IdentitySettings) -> IdentitySpe
         assertion_ttl=settings.assertion_ttl,
         refresh_margin=settings.refresh_margin,
         thread_task_ttl=settings.thread_task_ttl,
+        thread_limits=settings.thread_limits,
         abom={
             "agent_version": settings.agent_version,
             "agent_harness_id": "credential-broker",
@@ -259,7 +263,6 @@ class BrokerApp:
                 jwks,
                 self.clock,
                 path=identity.jwt_file,
-                value=identity.jwt_value if identity.jwt_file is None else None,
                 issuer=identity.jwt_issuer,
                 audience=identity.jwt_audience,
             )
@@ -299,11 +302,27 @@ class BrokerApp:
             self.gate,
             on_completed=self._rpc_completed,
         )
-        if self.callers.open:
+        if self.callers.open and self.settings.allow_anonymous_callers:
+            log.warning(
+                Event.CALLER_ANONYMOUS_ALLOWED,
+                listen=self.settings.listen,
+                setting="BROKER_ALLOW_ANONYMOUS_CALLERS",
+                detail="no [callers] configured and anonymous callers allowed beyond loopback: "
+                "every process that can reach this address is trusted fully, admin included",
+            )
+        elif self.callers.open:
             log.warning(
                 Event.CALLER_AUTH_DISABLED,
                 listen=self.settings.listen,
                 detail="no [callers] configured: every connecting process is trusted fully",
+            )
+        if self.settings.allow_cleartext_upstream:
+            log.warning(
+                Event.UPSTREAM_CLEARTEXT_ALLOWED,
+                setting="BROKER_ALLOW_CLEARTEXT_UPSTREAM",
+                url_settings=list(self.settings.cleartext_upstreams),
+                detail="http:// is allowed to hosts beyond loopback: tokens, assertions and the "
+                "keys that verify JWTs can be read or altered by anyone on the path",
             )
         try:
             if self.settings.tls is not None:

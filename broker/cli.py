@@ -2,7 +2,8 @@
 
 Commands: ``serve`` (the broker), ``dev`` (emulator + broker on the embedded store, for trying it out),
 ``emulator`` (the control-plane emulator alone), ``get-authorization`` (a client), ``inspect`` (decode
-and verify an assertion) and ``kek generate`` (a new key-encryption key line).
+and verify an assertion), ``admin …`` (operator RPCs) and ``kek generate`` (a new key-encryption key
+line). The client commands take a caller token and TLS flags (``broker/client_cli.py``).
 """
 
 from __future__ import annotations
@@ -45,14 +46,40 @@ def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--log-level", help="debug, info, warning, error (BROKER_LOG_LEVEL)")
     parser.add_argument(
-        "--ops-listen", help="HOST:PORT for /metrics, /healthz, /readyz (BROKER_OPS_LISTEN)"
+        "--ops-listen",
+        help="[HOST:]PORT for /metrics, /healthz, /readyz; a bare port is loopback "
+        "(BROKER_OPS_LISTEN)",
     )
     parser.add_argument(
-        "--insecure",
+        "--allow-unsealed-store",
         action="store_const",
         const=True,
-        help="allow unsealed secrets in Redis (development only)",
+        help="keep secrets in Redis unsealed when no KEK is set (development only; "
+        "BROKER_ALLOW_UNSEALED_STORE)",
     )
+    parser.add_argument(
+        "--allow-anonymous-callers",
+        action="store_const",
+        const=True,
+        help="serve a non-loopback address without [callers]: every peer is an admin "
+        "(BROKER_ALLOW_ANONYMOUS_CALLERS)",
+    )
+    # Removed: refused by load_settings with a pointer to the two flags above.
+    parser.add_argument("--insecure", action="store_const", const=True, help=argparse.SUPPRESS)
+
+
+def _add_connection_flags(parser: argparse.ArgumentParser) -> None:
+    """How a client command reaches a secured broker (``broker/client_cli.py`` uses them)."""
+    parser.add_argument(
+        "--token-file",
+        help="file holding the caller token (else BROKER_CALLER_TOKEN_FILE or BROKER_CALLER_TOKEN)",
+    )
+    parser.add_argument("--ca-file", help="CA certificate(s) to verify the broker with (TLS)")
+    parser.add_argument("--tls", action="store_true", help="TLS with the system's trusted CAs")
+    parser.add_argument("--cert-file", help="client certificate (mutual TLS), with --key-file")
+    parser.add_argument("--key-file", help="the client certificate's private key")
+    parser.add_argument("--server-name", help="name to expect on the broker's certificate")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per RPC")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -85,20 +112,41 @@ def _parser() -> argparse.ArgumentParser:
     emulator.add_argument("--no-require-biscuit", action="store_true")
     emulator.add_argument("--log-level", default="info")
 
-    get = commands.add_parser("get-authorization", help="ask a broker for a header")
+    # allow_abbrev=False: "--token" must not pass for "--token-file" (a token in argv leaks).
+    get = commands.add_parser(
+        "get-authorization", help="ask a broker for a header", allow_abbrev=False
+    )
     get.add_argument("--broker", default=os.environ.get("BROKER_ADDRESS", DEFAULT_BROKER))
     get.add_argument("--identity", default="")
     get.add_argument("--thread", default="", help="thread id (empty: the background task)")
     get.add_argument("--bearer-only", action="store_true")
     get.add_argument("--watch", action="store_true", help="stream updates until interrupted")
     get.add_argument("--header-only", action="store_true", help="print only the header value")
-    get.add_argument("--timeout", type=float, default=30.0)
+    _add_connection_flags(get)
 
-    inspect = commands.add_parser("inspect", help="decode and verify an AgentAssertion header")
+    inspect = commands.add_parser(
+        "inspect", help="decode and verify an AgentAssertion header", allow_abbrev=False
+    )
     inspect.add_argument("header", help="the header value, or - to read it from stdin")
     inspect.add_argument("--public-key", help="'ssh-ed25519 AAAA…' to verify against")
     inspect.add_argument("--broker", help="fetch the public key from this broker")
     inspect.add_argument("--identity", default="")
+    _add_connection_flags(inspect)
+
+    admin = commands.add_parser("admin", help="operator RPCs of a broker (an admin caller)")
+    admin_commands = admin.add_subparsers(dest="admin_command", required=True)
+    for name, help_text, flags in (
+        ("list-identities", "identities, their registration and cached headers", ()),
+        ("rotate-identity", "register a new key for an identity", ("--identity",)),
+        ("revoke-task", "forget a task fleet-wide", ("--identity", "--thread")),
+        ("flush-caches", "drop cached headers (one identity, or all)", ("--identity",)),
+        ("usage", "per-caller RPC counters of the replica that answers", ()),
+    ):
+        command = admin_commands.add_parser(name, help=help_text, allow_abbrev=False)
+        command.add_argument("--broker", default=os.environ.get("BROKER_ADDRESS", DEFAULT_BROKER))
+        for flag in flags:
+            command.add_argument(flag, default="")
+        _add_connection_flags(command)
 
     account = commands.add_parser("account", help="the account's ChatGPT login")
     account_commands = account.add_subparsers(dest="account_command", required=True)
@@ -117,7 +165,17 @@ def _parser() -> argparse.ArgumentParser:
 
     kek = commands.add_parser("kek", help="key-encryption keys")
     kek_commands = kek.add_subparsers(dest="kek_command", required=True)
-    kek_commands.add_parser("generate", help="print a new KEK line for BROKER_KEK_FILE")
+    kek_generate = kek_commands.add_parser(
+        "generate", help="a new KEK line for BROKER_KEK_FILE: printed, or written with --out"
+    )
+    kek_generate.add_argument(
+        "--out",
+        metavar="FILE",
+        help="write it to FILE, created with mode 0600 (FILE must not exist)",
+    )
+    kek_generate.add_argument(
+        "--force", action="store_true", help="with --out: replace an existing FILE"
+    )
     kek_commands.add_parser(
         "reseal",
         help="re-seal every secret in Redis under the first KEK of BROKER_KEK_FILE (rotation)",
@@ -157,6 +215,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     require_biscuit=not args.no_require_biscuit,
                 )
             )
+        if args.command in ("get-authorization", "inspect", "admin"):
+            # These explain a failed TLS handshake in one line; gRPC's core would also log it on
+            # stderr unless told before it loads (an operator's own GRPC_VERBOSITY wins).
+            os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
         if args.command == "get-authorization":
             from broker.client_cli import get_authorization
 
@@ -165,6 +227,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from broker.client_cli import inspect_header
 
             return asyncio.run(inspect_header(args))
+        if args.command == "admin":
+            from broker.client_cli import run_admin
+
+            return asyncio.run(run_admin(args))
         if args.command == "account":
             from broker.account_cli import run_account_command
 
@@ -188,10 +254,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
                 configure_logging("warning")
                 return asyncio.run(run_reseal())
-            from broker.adapters.sealing import generate_kek_line
+            from broker.hardening import generate_kek
 
-            print(generate_kek_line())  # noqa: T201  (the command's output)
-            return 0
+            return generate_kek(args.out, force=args.force)
     except ConfigError as exc:
         # One JSON event for the log stream (stdout) and one plain line for the person (stderr).
         configure_logging("error")
@@ -237,9 +302,14 @@ def _serve(args: argparse.Namespace) -> int:
         "assertion_ttl": args.assertion_ttl,
         "log_level": args.log_level,
         "ops_listen": args.ops_listen,
+        "allow_unsealed_store": args.allow_unsealed_store,
+        "allow_anonymous_callers": args.allow_anonymous_callers,
         "insecure": args.insecure,
     }
     settings = load_settings(os.environ, overrides)
     configure_logging(settings.log_level)
+    from broker.hardening import harden_process
+
+    harden_process(settings)  # before any secret is read
     asyncio.run(serve(settings))
     return 0

@@ -15,14 +15,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 from broker import __version__
 from broker.core.callers import CallerPolicy
-from broker.core.credentials.spec import IDENTITY_NAME, Profile, Source
+from broker.core.credentials.spec import IDENTITY_NAME, Profile, Source, ThreadTaskLimits
 from broker.core.protocol.agent_jwt import DEFAULT_AUDIENCE, DEFAULT_ISSUER
 from broker.core.protocol.urls import host_of
 from broker.errors import ConfigError, UrlError
-from broker.secrets import Secret
 
 DEFAULT_LISTEN: Final = "127.0.0.1:50051"
 DEFAULT_CONTROLPLANE_URL: Final = "https://chatgpt.com/backend-api"
@@ -30,6 +30,15 @@ DEFAULT_CONTROLPLANE_URL: Final = "https://chatgpt.com/backend-api"
 SKEW_WINDOW_SECONDS: Final = 300.0
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE: Final = frozenset({"0", "false", "no", "off", ""})
+# How messages name the identity described by environment variables (not a [identities] table).
+_ENV_WHERE: Final = "BROKER"
+_INSECURE_REMOVED: Final = (
+    "BROKER_INSECURE (--insecure, insecure in BROKER_CONFIG) is no longer accepted: it allowed two "
+    "unrelated risks at once. Set BROKER_ALLOW_UNSEALED_STORE=true (--allow-unsealed-store, "
+    "allow_unsealed_store) to keep secrets in Redis without a KEK, and/or "
+    "BROKER_ALLOW_ANONYMOUS_CALLERS=true (--allow-anonymous-callers, allow_anonymous_callers) to "
+    "serve a non-loopback listener without [callers]; then remove BROKER_INSECURE"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +57,6 @@ class IdentitySettings:
     authapi_url: str | None = None
     source: Source = Source.REGISTER
     jwt_file: Path | None = None
-    jwt_value: Secret | None = None
     import_file: Path | None = None
     jwks_url: str | None = None
     jwt_issuer: str = DEFAULT_ISSUER
@@ -80,10 +88,18 @@ class Settings:
     ops_listen: str | None = None
     redis_url: str | None = None
     kek_file: Path | None = None
-    insecure: bool = False
+    allow_unsealed_store: bool = False
+    """Redis without a KEK keeps private keys, tokens and assertions unsealed (development only)."""
+    allow_anonymous_callers: bool = False
+    """A non-loopback listener may run without [callers]: whoever connects is a full admin."""
+    allow_cleartext_upstream: bool = False
+    """Control-plane, AuthAPI, JWKS and OAuth URLs may use http:// to hosts beyond loopback."""
+    cleartext_upstreams: tuple[str, ...] = ()
+    """The URL settings that do use http:// beyond loopback (allowed by the setting above)."""
     assertion_ttl: float = 60.0
     refresh_margin: float = 30.0
     thread_task_ttl: float | None = 24 * 3600.0
+    thread_limits: ThreadTaskLimits = field(default_factory=ThreadTaskLimits)
     log_level: str = "info"
     grace_period: float = 10.0
     stats_interval: float = 60.0
@@ -133,6 +149,13 @@ def _listen(setting: str, value: str) -> str:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"{setting}: expected HOST:PORT, got {value!r}")
     return value
+
+
+def _ops_listen(value: str) -> str:
+    """HOST:PORT, or a bare PORT meaning loopback: the ops listener goes wider only when named."""
+    if value.isdigit():
+        value = f"127.0.0.1:{value}"
+    return _listen("BROKER_OPS_LISTEN", value)
 
 
 def _url(setting: str, value: str) -> str:
@@ -210,13 +233,19 @@ def _identity(name: str, table: Mapping[str, Any], where: str) -> IdentitySettin
         raise ConfigError(
             f"{where}.source: expected one of {choices}, got {source_text!r}"
         ) from None
-    jwt_file, jwt_text, import_file = (
-        table.get("jwt_file"),
-        table.get("jwt"),
-        table.get("import_file"),
-    )
-    if source is Source.JWT and bool(jwt_file) == bool(jwt_text):
-        raise ConfigError(f"{where}: source 'jwt' needs exactly one of jwt_file or jwt")
+    jwt_file, import_file = table.get("jwt_file"), table.get("import_file")
+    if table.get("jwt") is not None:
+        raise ConfigError(
+            f"{_setting_name(where, 'jwt')}: an Agent Identity JWT carries the identity's private "
+            "key, so it is read only from a file (a value in the environment or in the "
+            "configuration file travels further: child processes, container inspection, crash "
+            "reports, configuration repositories); write it to a file only the broker can read "
+            f"and set {_setting_name(where, 'jwt_file')} instead"
+        )
+    if source is Source.JWT and not jwt_file:
+        raise ConfigError(
+            f"{_setting_name(where, 'jwt_file')}: source 'jwt' needs the Agent Identity JWT file"
+        )
     if source is Source.IMPORT and not import_file:
         raise ConfigError(f"{where}: source 'import' needs import_file")
     jwks = table.get("jwks_url")
@@ -245,7 +274,6 @@ def _identity(name: str, table: Mapping[str, Any], where: str) -> IdentitySettin
         authapi_url=_url(f"{where}.authapi_url", str(authapi)) if authapi else None,
         source=source,
         jwt_file=_path(f"{where}.jwt_file", jwt_file) if jwt_file else None,
-        jwt_value=Secret(str(jwt_text).strip()) if jwt_text else None,
         import_file=_path(f"{where}.import_file", import_file) if import_file else None,
         jwks_url=_url(f"{where}.jwks_url", str(jwks)) if jwks else None,
         jwt_issuer=str(table.get("jwt_issuer", DEFAULT_ISSUER)),
@@ -314,15 +342,71 @@ def _caller(name: str, table: Mapping[str, Any]) -> CallerPolicy:
     )
 
 
-def is_loopback(listen: str) -> bool:
-    """Whether a HOST:PORT listen address is on the loopback interface only."""
-    host = listen.rpartition(":")[0].strip("[]").lower()
-    if host == "localhost" or host == "::1":
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` is ``localhost``, in 127.0.0.0/8 or ``::1`` (brackets allowed)."""
+    host = host.strip("[]").lower()
+    if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def is_loopback(listen: str) -> bool:
+    """Whether a HOST:PORT listen address is on the loopback interface only."""
+    return is_loopback_host(listen.rpartition(":")[0])
+
+
+def _setting_name(where: str, key: str) -> str:
+    """How a message names one identity setting: its variable for the environment's identity."""
+    if where == _ENV_WHERE:
+        for variable, setting in _ENV_IDENTITY_KEYS.items():
+            if setting == key:
+                return variable
+    return f"{where}.{key}"
+
+
+def _cleartext_urls(identity: IdentitySettings, where: str) -> list[tuple[str, str]]:
+    """(setting, host) of each upstream URL that is http:// to a host beyond loopback."""
+    urls = {
+        "controlplane_url": identity.controlplane_url,
+        "authapi_url": identity.authapi_url,
+        "jwks_url": identity.jwks_url,
+        "oauth_issuer": identity.oauth_issuer,
+    }
+    found = []
+    for key, url in urls.items():
+        parts = urlsplit(url or "")
+        if parts.scheme == "http" and not is_loopback_host(parts.hostname or ""):
+            found.append((_setting_name(where, key), parts.hostname or ""))
+    return found
+
+
+def _unique_credentials(callers: tuple[CallerPolicy, ...]) -> None:
+    """Refuse one token hash or certificate name for two callers.
+
+    The registry would authenticate such a credential as whichever caller matched last, so a plain
+    caller's token could act with an admin's rights.
+    """
+    by_token: dict[str, str] = {}
+    by_cert_name: dict[str, str] = {}
+    for caller in callers:
+        if caller.token_sha256 is not None:
+            other = by_token.setdefault(caller.token_sha256, caller.name)
+            if other != caller.name:
+                raise ConfigError(
+                    f"callers.{caller.name}.token_sha256: callers.{other} has the same token hash, "
+                    "so one token would authenticate as either; give each caller its own token "
+                    "(credential-broker caller new-token)"
+                )
+        for name in caller.cert_names:
+            other = by_cert_name.setdefault(name, caller.name)
+            if other != caller.name:
+                raise ConfigError(
+                    f"callers.{caller.name}.cert_names: {name!r} also names callers.{other}; a "
+                    "client certificate name must belong to exactly one caller"
+                )
 
 
 # -- loading ---------------------------------------------------------------------------------------
@@ -354,10 +438,19 @@ _ENV_GLOBAL_KEYS: Final = {
     "BROKER_OPS_LISTEN": "ops_listen",
     "BROKER_REDIS_URL": "redis_url",
     "BROKER_KEK_FILE": "kek_file",
+    "BROKER_ALLOW_UNSEALED_STORE": "allow_unsealed_store",
+    "BROKER_ALLOW_ANONYMOUS_CALLERS": "allow_anonymous_callers",
+    "BROKER_ALLOW_CLEARTEXT_UPSTREAM": "allow_cleartext_upstream",
+    # Read only to be refused with a pointer to the two settings above that replace it.
     "BROKER_INSECURE": "insecure",
     "BROKER_ASSERTION_TTL": "assertion_ttl",
     "BROKER_REFRESH_MARGIN": "refresh_margin",
     "BROKER_THREAD_TASK_TTL": "thread_task_ttl",
+    "BROKER_THREAD_TASK_RATE_PER_CALLER": "thread_task_rate_per_caller",
+    "BROKER_THREAD_TASK_BURST_PER_CALLER": "thread_task_burst_per_caller",
+    "BROKER_THREAD_TASK_RATE_PER_IDENTITY": "thread_task_rate_per_identity",
+    "BROKER_THREAD_TASK_BURST_PER_IDENTITY": "thread_task_burst_per_identity",
+    "BROKER_MAX_LIVE_THREAD_TASKS": "max_live_thread_tasks",
     "BROKER_LOG_LEVEL": "log_level",
     "BROKER_GRACE_PERIOD": "grace_period",
     "BROKER_STATS_INTERVAL": "stats_interval",
@@ -421,6 +514,57 @@ def load_settings(
     return _build(values, identity_tables, env_identity, caller_tables)
 
 
+def _count(setting: str, value: object, *, minimum: int) -> int:
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise ConfigError(f"{setting}: expected a whole number, got {value!r}") from None
+    if number < minimum:
+        raise ConfigError(f"{setting}: must be at least {minimum}, got {number}")
+    return number
+
+
+def _rate(setting: str, value: object) -> float:
+    """A rate per second; 0 switches the limit off."""
+    try:
+        rate = float(str(value).strip())
+    except ValueError:
+        raise ConfigError(f"{setting}: expected a number per second, got {value!r}") from None
+    if not 0 <= rate < float("inf"):
+        raise ConfigError(f"{setting}: must be a finite number, 0 or more (0 switches it off)")
+    return rate
+
+
+def _thread_limits(values: Mapping[str, Any]) -> ThreadTaskLimits:
+    """The fleet-wide limits on new thread tasks (a rate of 0 switches that budget off)."""
+    default = ThreadTaskLimits()
+    return ThreadTaskLimits(
+        per_caller_rate=_rate(
+            "BROKER_THREAD_TASK_RATE_PER_CALLER",
+            values.get("thread_task_rate_per_caller", default.per_caller_rate),
+        ),
+        per_caller_burst=_count(
+            "BROKER_THREAD_TASK_BURST_PER_CALLER",
+            values.get("thread_task_burst_per_caller", default.per_caller_burst),
+            minimum=1,
+        ),
+        per_identity_rate=_rate(
+            "BROKER_THREAD_TASK_RATE_PER_IDENTITY",
+            values.get("thread_task_rate_per_identity", default.per_identity_rate),
+        ),
+        per_identity_burst=_count(
+            "BROKER_THREAD_TASK_BURST_PER_IDENTITY",
+            values.get("thread_task_burst_per_identity", default.per_identity_burst),
+            minimum=1,
+        ),
+        max_live=_count(
+            "BROKER_MAX_LIVE_THREAD_TASKS",
+            values.get("max_live_thread_tasks", default.max_live),
+            minimum=1,
+        ),
+    )
+
+
 def _tls(values: Mapping[str, Any]) -> TlsSettings | None:
     cert, key = values.get("tls_cert_file"), values.get("tls_key_file")
     client_ca = values.get("tls_client_ca_file")
@@ -447,6 +591,8 @@ def _build(
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"BROKER_CONFIG: unknown setting(s) {', '.join(unknown)}")
+    if values.get("insecure") is not None:
+        raise ConfigError(_INSECURE_REMOVED)
     default_name = str(values.get("default_identity", "") or "")
     if identity_tables:
         if env_identity:
@@ -454,15 +600,29 @@ def _build(
                 "BROKER_CONFIG defines [identities]; per-identity environment variables "
                 f"({', '.join(sorted(env_identity))}) would be ambiguous, set them in the file"
             )
+        wheres = {name: f"identities.{name}" for name in identity_tables}
         identities = tuple(
-            _identity(name, table, f"identities.{name}") for name, table in identity_tables.items()
+            _identity(name, table, wheres[name]) for name, table in identity_tables.items()
         )
         default_name = default_name or identities[0].name
     else:
         default_name = default_name or "default"
-        identities = (_identity(default_name, env_identity, "BROKER"),)
+        wheres = {default_name: _ENV_WHERE}
+        identities = (_identity(default_name, env_identity, _ENV_WHERE),)
     if default_name not in {i.name for i in identities}:
         raise ConfigError(f"BROKER_IDENTITY: {default_name!r} is not a configured identity")
+    allow_cleartext = _bool(
+        "BROKER_ALLOW_CLEARTEXT_UPSTREAM", values.get("allow_cleartext_upstream", False)
+    )
+    cleartext = [c for i in identities for c in _cleartext_urls(i, wheres[i.name])]
+    if cleartext and not allow_cleartext:
+        setting, host = cleartext[0]
+        raise ConfigError(
+            f"{setting}: http:// to {host!r}, which is not loopback, would send credentials (or "
+            "fetch the keys that verify them) in cleartext; use https://, or set "
+            "BROKER_ALLOW_CLEARTEXT_UPSTREAM=true (allow_cleartext_upstream in BROKER_CONFIG) "
+            "on a network you trust"
+        )
 
     ttl = _seconds("BROKER_ASSERTION_TTL", values.get("assertion_ttl", 60))
     if ttl >= SKEW_WINDOW_SECONDS:
@@ -488,42 +648,60 @@ def _build(
         )
     redis_url = str(values.get("redis_url") or "").strip() or None
     if redis_url and not redis_url.startswith(
-        ("redis://", "rediss://", "unix://", "redis+sentinel://", "redis+cluster://")
+        (
+            "redis://",
+            "rediss://",
+            "unix://",
+            "redis+sentinel://",
+            "rediss+sentinel://",
+            "redis+cluster://",
+            "rediss+cluster://",
+        )
     ):
         raise ConfigError(
-            "BROKER_REDIS_URL: expected a redis://, rediss://, unix://, redis+sentinel:// or "
-            "redis+cluster:// URL"
+            "BROKER_REDIS_URL: expected a redis://, rediss://, unix://, redis+sentinel://, "
+            "rediss+sentinel://, redis+cluster:// or rediss+cluster:// URL"
         )
     kek = values.get("kek_file")
     listen = _listen("BROKER_LISTEN", str(values.get("listen", DEFAULT_LISTEN)))
     ops_listen = str(values.get("ops_listen") or "").strip()
-    insecure = _bool("BROKER_INSECURE", values.get("insecure", False))
+    allow_anonymous = _bool(
+        "BROKER_ALLOW_ANONYMOUS_CALLERS", values.get("allow_anonymous_callers", False)
+    )
     callers = tuple(_caller(name, table) for name, table in caller_tables.items())
+    _unique_credentials(callers)
     tls = _tls(values)
     if any(c.cert_names for c in callers) and (tls is None or tls.client_ca_file is None):
         raise ConfigError(
             "callers with cert_names need mutual TLS: set BROKER_TLS_CLIENT_CA_FILE "
             "(with BROKER_TLS_CERT_FILE and BROKER_TLS_KEY_FILE)"
         )
-    if not callers and not is_loopback(listen) and not insecure:
+    if not callers and not is_loopback(listen) and not allow_anonymous:
         raise ConfigError(
             f"BROKER_LISTEN: {listen} is not a loopback address and no [callers] are configured; "
-            "refusing to hand out credentials to anyone who connects (configure callers, or pass "
-            "--insecure for a trusted network)"
+            "refusing to hand out credentials to anyone who connects (configure [callers], or set "
+            "BROKER_ALLOW_ANONYMOUS_CALLERS=true, --allow-anonymous-callers, on a network you "
+            "trust: every peer would be an admin)"
         )
     return Settings(
         identities=identities,
         default_identity=default_name,
         listen=listen,
-        ops_listen=_listen("BROKER_OPS_LISTEN", ops_listen) if ops_listen else None,
+        ops_listen=_ops_listen(ops_listen) if ops_listen else None,
         redis_url=redis_url,
         kek_file=_path("BROKER_KEK_FILE", kek) if kek else None,
-        insecure=insecure,
+        allow_unsealed_store=_bool(
+            "BROKER_ALLOW_UNSEALED_STORE", values.get("allow_unsealed_store", False)
+        ),
+        allow_anonymous_callers=allow_anonymous,
+        allow_cleartext_upstream=allow_cleartext,
+        cleartext_upstreams=tuple(setting for setting, _ in cleartext),
         callers=callers,
         tls=tls,
         assertion_ttl=ttl,
         refresh_margin=margin,
         thread_task_ttl=thread_ttl,
+        thread_limits=_thread_limits(values),
         log_level=log_level,
         grace_period=_seconds("BROKER_GRACE_PERIOD", values.get("grace_period", 10)),
         stats_interval=_seconds("BROKER_STATS_INTERVAL", values.get("stats_interval", 60)),

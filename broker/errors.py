@@ -136,6 +136,23 @@ class TaskUnavailable(BrokerError):
     kind = ErrorKind.UNAVAILABLE
 
 
+class ThreadTaskBudgetExhausted(BrokerError):
+    """A new thread task was refused: a fleet-wide budget or the cap on live thread tasks is spent.
+
+    Attributes:
+        limit: which limit refused (``identity``, ``caller:<name>``, ``live_thread_tasks``).
+        retry_after: seconds until the same request would be admitted (sent as RetryInfo).
+    """
+
+    reason = "THREAD_TASK_BUDGET_EXHAUSTED"
+    kind = ErrorKind.RESOURCE_EXHAUSTED
+
+    def __init__(self, message: str, *, limit: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.retry_after = retry_after
+
+
 class ControlPlaneError(BrokerError):
     """The control plane answered with an error, or could not be reached.
 

@@ -2,13 +2,21 @@
 
 ``repr``, ``str``, ``format`` and pickling-style introspection all print ``Secret('***')``; the value
 is reachable only through :meth:`Secret.reveal`, so every place that uses a secret is greppable.
+Two secrets are compared in constant time (:func:`hmac.compare_digest`), so a caller who submits a
+guess (a Bearer in a rejection report, say) learns nothing from how long the comparison took.
 """
 
 from __future__ import annotations
 
+import hmac
 from typing import Final
 
 _MASK: Final = "Secret('***')"
+
+
+def _bytes(value: str) -> bytes:
+    # compare_digest takes ASCII-only str; bytes take anything (lone surrogates included).
+    return value.encode("utf-8", "surrogatepass")
 
 
 class Secret:
@@ -34,7 +42,7 @@ class Secret:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Secret):
             return NotImplemented
-        return self._value == other._value
+        return hmac.compare_digest(_bytes(self._value), _bytes(other._value))
 
     def __hash__(self) -> int:
         return hash(self._value)

@@ -35,6 +35,10 @@ class StaticBearer:
     async def rejected(self, token: Secret) -> None:
         """Nothing to do: a fixed token cannot change."""
 
+    async def reread(self) -> Secret | None:
+        """The token (it never changes)."""
+        return self._token
+
 
 class TokenFileBearer:
     """The token is the stripped content of a file, re-read when the file changes."""
@@ -73,5 +77,9 @@ class TokenFileBearer:
 
     async def rejected(self, token: Secret) -> None:
         """Look at the file again now: an external refresher may have rewritten it."""
+        await self.reread()
+
+    async def reread(self) -> Secret | None:
+        """The token as the file holds it now."""
         self._file.expire()
-        await self.token()
+        return await self.token()

@@ -41,6 +41,7 @@ import httpx
 import stamina
 import structlog
 
+from broker.adapters.body_limit import BodyTooLargeError, read_limited
 from broker.core.credentials.spec import Profile
 from broker.core.protocol import urls
 from broker.errors import ControlPlaneError, ControlPlaneUnavailable, NoBearerToken
@@ -210,10 +211,6 @@ class _Retryable(Exception):
         self.body_excerpt = body_excerpt
 
 
-class _BodyTooLarge(Exception):
-    pass
-
-
 @dataclass(frozen=True, slots=True)
 class _Reply:
     status: int
@@ -254,21 +251,6 @@ def _bearer_header(bearer: Secret, operation: str) -> str:
 def _request_id() -> str:
     """``codex-agent-identity-`` + base64url (no padding) of 16 random bytes: 22 characters (§4.1)."""
     return _REQUEST_ID_PREFIX + secrets.token_urlsafe(16)
-
-
-async def _read_body(response: httpx.Response, *, limit: int, strict: bool) -> bytes:
-    """Read at most ``limit`` bytes; past it, raise (``strict``) or stop reading."""
-    declared = response.headers.get("Content-Length", "")
-    if strict and declared.isdigit() and int(declared) > limit:
-        raise _BodyTooLarge
-    content = bytearray()
-    async for chunk in response.aiter_bytes():
-        content += chunk
-        if len(content) > limit:
-            if strict:
-                raise _BodyTooLarge
-            break
-    return bytes(content[:limit])
 
 
 def _json_object(operation: str, reply: _Reply, redactor: _Redactor) -> dict[str, object]:
@@ -611,7 +593,7 @@ class ControlPlaneClient:
         except _RETRYABLE_TRANSPORT as exc:
             log(error=type(exc).__name__)
             raise _Retryable(operation, status=None, error=type(exc).__name__) from exc
-        except _BodyTooLarge as exc:
+        except BodyTooLargeError as exc:
             log(error="ResponseTooLarge")
             raise ControlPlaneError(
                 f"{operation}: response body exceeds {MAX_RESPONSE_BYTES} bytes",
@@ -653,7 +635,7 @@ class ControlPlaneClient:
         response = await self._http.send(request, stream=True, auth=None, follow_redirects=False)
         try:
             success = 200 <= response.status_code < 300
-            content = await _read_body(
+            content = await read_limited(
                 response,
                 limit=MAX_RESPONSE_BYTES if success else _ERROR_BODY_BYTES,
                 strict=success,

@@ -3,7 +3,9 @@
 Both implement the ``IdentitySource`` port and re-read their file when it changes (checked at most
 once a second), so a replaced JWT or record takes effect without a restart. A JWT is verified against
 the control plane's JWKS (protocol §10.2); the JWKS is cached for ``ttl`` and fetched again at once
-for an unknown ``kid``, at most once per ``min_refetch`` seconds (5 s), with a 10 s timeout.
+for an unknown ``kid``, at most once per ``min_refetch`` seconds (5 s), with a 10 s timeout. A JWKS
+answer is read up to :data:`MAX_JWKS_BYTES`; a larger one is refused like an unreachable JWKS (the
+keys fetched before stay in use).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any, Final
 import httpx
 import structlog
 
+from broker.adapters.body_limit import BodyTooLargeError, read_limited
 from broker.adapters.watched_file import WatchedFile
 from broker.core.credentials.model import IdentityRecord
 from broker.core.credentials.ports import Clock
@@ -27,6 +30,9 @@ from broker.events import Event
 from broker.secrets import Secret
 
 log = structlog.get_logger("broker.identity_sources")
+
+MAX_JWKS_BYTES: Final = 256 * 1024
+"""Largest JWKS answer read (a JWK Set of a few keys is a few KiB)."""
 
 
 async def _read(file: WatchedFile, what: str) -> tuple[Secret, bool]:
@@ -83,24 +89,25 @@ class JwksCache:
 
     async def _fetch(self) -> None:
         try:
-            response = await self._http.get(self._url, timeout=self._timeout)
-        except httpx.HTTPError as exc:
+            status, content = await self._get()
+        except (httpx.HTTPError, BodyTooLargeError) as exc:
             if self._keys is not None:
                 return
+            why = str(exc) if isinstance(exc, BodyTooLargeError) else type(exc).__name__
             raise ControlPlaneUnavailable(
-                f"cannot fetch the JWKS from {self._url}: {type(exc).__name__}", operation="jwks"
+                f"cannot fetch the JWKS from {self._url}: {why}", operation="jwks"
             ) from None
-        if response.status_code != 200:
+        if status != 200:
             if self._keys is not None:
                 return
             raise ControlPlaneUnavailable(
-                f"the JWKS at {self._url} answered HTTP {response.status_code}",
+                f"the JWKS at {self._url} answered HTTP {status}",
                 operation="jwks",
-                status=response.status_code,
+                status=status,
             )
         try:
-            document = response.json()
-        except ValueError:
+            document = json.loads(content)
+        except (ValueError, RecursionError):
             document = None
         if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
             raise ControlPlaneUnavailable(
@@ -108,6 +115,17 @@ class JwksCache:
             )
         self._keys = document
         self._fetched_at = self._clock.monotonic()
+
+    async def _get(self) -> tuple[int, bytes]:
+        """The JWKS answer's status, and its body when it is a 200 (read up to the limit)."""
+        request = self._http.build_request("GET", self._url, timeout=self._timeout)
+        response = await self._http.send(request, stream=True)
+        try:
+            if response.status_code != 200:
+                return response.status_code, b""
+            return 200, await read_limited(response, limit=MAX_JWKS_BYTES)
+        finally:
+            await response.aclose()
 
 
 class JwtIdentitySource:

@@ -13,7 +13,7 @@ headers) goes through a :class:`~broker.core.credentials.ports.Sealer`. Two impl
   associated data. Several KEKs may be configured: the first (primary) seals, every one opens, so a
   KEK is rotated by adding a new primary line on top of the KEK file and removing the old line once
   every value sealed under it has expired or been rewritten.
-* :class:`PlaintextSealer` (``--insecure`` development mode): ``b"cb0" | plaintext``; it does not
+* :class:`PlaintextSealer` (``BROKER_ALLOW_UNSEALED_STORE``, development only): ``b"cb0" | plaintext``; it does not
   bind the associated data.
 
 Neither opens the other's values: a broker switched from one mode to the other reports the stored
@@ -172,7 +172,7 @@ class KekSealer:
         version = sealed[:_VERSION_LEN]
         if version == _PLAINTEXT:
             raise SealingError(
-                "value was stored in plaintext by an --insecure broker; a broker with a KEK refuses it"
+                "value was stored in plaintext by a broker without a KEK; a broker with a KEK refuses it"
             )
         if version != _SEALED:
             raise SealingError("value is not in a known sealed format")
@@ -202,9 +202,9 @@ class KekSealer:
 
 
 class PlaintextSealer:
-    """The ``--insecure`` development mode: values are stored as ``b"cb0" + plaintext``.
+    """``BROKER_ALLOW_UNSEALED_STORE`` (development only): values are stored as ``b"cb0" + plaintext``.
 
-    It refuses ``cb1`` (KEK-sealed) values, so switching a deployment to insecure mode never serves
+    It refuses ``cb1`` (KEK-sealed) values, so switching a deployment to unsealed mode never serves
     (or overwrites in place) what a KEK protected; the associated data is not bound.
     """
 
@@ -243,7 +243,7 @@ class PlaintextSealer:
         version = sealed[:_VERSION_LEN]
         if version == _SEALED:
             raise SealingError(
-                "value is sealed with a KEK; an --insecure broker cannot open it (configure the KEK file)"
+                "value is sealed with a KEK; a broker without one cannot open it (configure the KEK file)"
             )
         if version != _PLAINTEXT:
             raise SealingError("value is not in a known stored format")

@@ -73,6 +73,33 @@ _SPECS: Final = (
         "The configuration is invalid; the process exits with status 2.",
         (FieldSpec("error", STR, "which setting is wrong and why"),),
     ),
+    EventSpec(
+        Event.PROCESS_HARDENED,
+        Level.INFO,
+        "`serve` turned core dumps off before reading any secret (RLIMIT_CORE 0, not dumpable).",
+        (
+            FieldSpec("core_dumps", BOOL, "whether a crash could still write a core file"),
+            FieldSpec(
+                "dumpable",
+                BOOL,
+                "whether the process is still dumpable (ptrace and /proc/PID/mem by its user)",
+            ),
+            replace(DETAIL, description="what could not be done", optional=True),
+        ),
+        other_levels={Level.WARNING: "a step failed or does not exist here; detail says which"},
+    ),
+    EventSpec(
+        Event.FILE_EXPOSED,
+        Level.WARNING,
+        "A configured secret file (KEK, token, JWT, identity, login, TLS key) is open to group or "
+        "others; written once per file at start.",
+        (
+            FieldSpec("setting", STR, "the setting that names the file"),
+            FieldSpec("path", STR, "the file"),
+            FieldSpec("mode", STR, "its permission bits, octal (e.g. 0644)"),
+            DETAIL,
+        ),
+    ),
     # state
     EventSpec(
         Event.STORE_EMBEDDED,
@@ -105,10 +132,24 @@ _SPECS: Final = (
         ),
     ),
     EventSpec(
-        Event.STORE_INSECURE,
+        Event.STORE_UNSEALED,
         Level.WARNING,
-        "--insecure: secrets are stored in Redis unsealed (development only).",
-        (DETAIL,),
+        "BROKER_ALLOW_UNSEALED_STORE and no KEK: secrets are stored in Redis unsealed "
+        "(development only).",
+        (FieldSpec("setting", STR, "the setting that allowed it"), DETAIL),
+    ),
+    EventSpec(
+        Event.STORE_RESEAL_SKIPPED,
+        Level.WARNING,
+        "`kek reseal` left one key alone and goes on; the command exits non-zero at the end.",
+        (
+            FieldSpec("key", STR, "the Redis key", identifier=True),
+            replace(
+                REASON,
+                description="'unrecognised_key' (outside the key schema), 'wrong_type' (another "
+                "Redis type than its name says) or 'unreadable' (no configured KEK opens it)",
+            ),
+        ),
     ),
     # control plane
     EventSpec(
@@ -153,6 +194,21 @@ _SPECS: Final = (
         Level.INFO,
         "The control plane answered again; calls flow normally.",
         (IDENTITY,),
+    ),
+    EventSpec(
+        Event.UPSTREAM_CLEARTEXT_ALLOWED,
+        Level.WARNING,
+        "BROKER_ALLOW_CLEARTEXT_UPSTREAM is set: upstream URLs may use http:// beyond loopback, "
+        "where anyone on the path reads or alters credentials (written once at start).",
+        (
+            FieldSpec("setting", STR, "the setting that allowed it"),
+            FieldSpec(
+                "url_settings",
+                FieldType.STRINGS,
+                "the URL settings that use http:// to a host beyond loopback (may be empty)",
+            ),
+            DETAIL,
+        ),
     ),
     # identities and tasks
     EventSpec(
@@ -255,6 +311,40 @@ _SPECS: Final = (
             TASK_ID,
             HTTP_STATUS,
             FieldSpec("retry_after_seconds", NUM, "seconds until a replacement is allowed again"),
+        ),
+    ),
+    EventSpec(
+        Event.BEARER_REJECTION_THROTTLED,
+        Level.WARNING,
+        "A report of a 401/403 on the account's current Bearer came within the fleet-wide interval "
+        "of the last one: the token is not refreshed (or re-read) again; the caller gets the current one.",
+        (
+            IDENTITY,
+            HTTP_STATUS,
+            FieldSpec("retry_after_seconds", NUM, "the interval between acted-on reports"),
+        ),
+    ),
+    EventSpec(
+        Event.TASK_BUDGET_EXHAUSTED,
+        Level.WARNING,
+        "A new thread task was refused (RESOURCE_EXHAUSTED): a fleet-wide budget or the cap on live "
+        "thread tasks is spent. At most one line per identity, limit and caller every 10 s.",
+        (
+            IDENTITY,
+            FieldSpec(
+                "caller",
+                STR,
+                "the caller whose request was refused (null: the broker itself)",
+                identifier=True,
+                nullable=True,
+            ),
+            FieldSpec(
+                "limit",
+                STR,
+                "which limit refused: identity, caller:<name> or live_thread_tasks",
+            ),
+            FieldSpec("retry_after_seconds", NUM, "seconds until the request would be admitted"),
+            FieldSpec("refused", INT, "refusals this line stands for (since the previous line)"),
         ),
     ),
     # authorizations
@@ -403,6 +493,17 @@ _SPECS: Final = (
         Level.WARNING,
         "No callers are configured: every process that can connect is trusted fully.",
         (FieldSpec("listen", STR, "the address served without caller authentication"), DETAIL),
+    ),
+    EventSpec(
+        Event.CALLER_ANONYMOUS_ALLOWED,
+        Level.WARNING,
+        "BROKER_ALLOW_ANONYMOUS_CALLERS is set and no callers are configured: every process that "
+        "can reach the listener, on any interface, is trusted fully, admin included.",
+        (
+            FieldSpec("listen", STR, "the address served without caller authentication"),
+            FieldSpec("setting", STR, "the setting that allowed it"),
+            DETAIL,
+        ),
     ),
     EventSpec(
         Event.TLS_RELOADED,

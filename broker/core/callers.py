@@ -45,6 +45,13 @@ class RateLimited(CallerDenied):
     kind = ErrorKind.RESOURCE_EXHAUSTED
 
 
+class ReportRefused(CallerDenied):
+    """A rejection report named a header this broker did not issue (forged, or another key's)."""
+
+    reason = "REPORT_REFUSED"
+    kind = ErrorKind.PERMISSION_DENIED
+
+
 class BearerNotAllowed(CallerDenied):
     """A Bearer fallback was due but the caller may not receive the account's token."""
 

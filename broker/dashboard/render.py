@@ -1,17 +1,33 @@
-"""Drawing a snapshot (from :mod:`.aggregate`) with rich: one screen, redrawn in place.
+r"""Drawing a snapshot (from :mod:`.aggregate`) with rich: one screen, redrawn in place.
 
-Only this module imports rich, and only when a screen is drawn: ``--format json`` needs nothing
-beyond the standard library.
+Only this module imports rich, and it is imported only when a screen is drawn: ``--format json``
+needs nothing beyond the standard library.
+
+Everything a log line carries (thread ids, replica labels, event names, reasons, caller and identity
+names) was written by someone else, and rich reads a ``str`` cell as markup: ``[link=…]`` would
+become a terminal hyperlink, ``[conceal]`` would hide text and an unbalanced ``[/x]`` would stop the
+dashboard. So every cell is a :class:`rich.text.Text` built from plain text with a style; markup is
+never parsed here. Control characters (which JSON carries as ``\u001b`` and rich passes through, so
+a field could clear the screen or open a hyperlink with a raw escape sequence) are shown as
+``\x1b``-style escapes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Final
 
-if TYPE_CHECKING:
-    from rich.console import RenderableType
-    from rich.table import Table
+from rich.columns import Columns
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+_CONTROLS: Final = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+
+
+def _text(value: object, style: str = "") -> Text:
+    """``value`` shown literally: never parsed as markup, control characters made visible."""
+    return Text(str(value).translate(_CONTROLS), style=style)
 
 
 def _pct(value: object) -> str:
@@ -24,12 +40,13 @@ def _num(value: object, digits: int = 1) -> str:
     return f"{value:,.{digits}f}" if isinstance(value, float) else f"{value:,}"
 
 
-def _redis(state: str) -> str:
-    return {
-        "up": "[green]up[/]",
-        "down": "[bold red]DOWN[/]",
-        "embedded": "[yellow]embedded[/]",
-    }.get(state, "[dim]-[/]")
+def _redis(state: str) -> Text:
+    shown = {
+        "up": ("up", "green"),
+        "down": ("DOWN", "bold red"),
+        "embedded": ("embedded", "yellow"),
+    }
+    return _text(*shown.get(state, ("-", "dim")))
 
 
 def _best(states: Mapping[str, list[str]]) -> str:
@@ -37,53 +54,61 @@ def _best(states: Mapping[str, list[str]]) -> str:
     return next((s for s in ("up", "embedded") if states.get(s)), "unknown")
 
 
-def _circuits(circuits: Mapping[str, str]) -> str:
-    opened = sorted(name for name, state in circuits.items() if state == "open")
-    return f"[bold red]OPEN {','.join(opened)}[/]" if opened else "[green]closed[/]"
+def _circuits(opened: list[str]) -> Text:
+    return _text(f"OPEN {','.join(opened)}", "bold red") if opened else _text("closed", "green")
 
 
-def _traffic_row(name: str, view: Mapping[str, Any], *, total: bool = False) -> list[str]:
+def _name(name: str, *, total: bool) -> Text:
+    return _text(name, "bold" if total else "")
+
+
+def _traffic_row(name: str, view: Mapping[str, Any], *, total: bool = False) -> list[Text]:
     rates = view.get("rates_per_s", {})
     cache = view.get("cache", {})
     seen = "" if total else f"{_num(view.get('last_seen_s_ago'))}s"
     return [
-        f"[bold]{name}[/]" if total else name,
-        "" if total else str(view.get("state", "?")),
-        seen,
-        _num(rates.get("rpcs"), 2),
-        _num(rates.get("AgentAssertion"), 2),
-        _num(rates.get("Bearer"), 2),
-        _pct(cache.get("l1_hit_ratio")),
-        _pct(cache.get("l2_hit_ratio")),
+        _name(name, total=total),
+        _text("" if total else view.get("state", "?")),
+        *map(
+            _text,
+            (
+                seen,
+                _num(rates.get("rpcs"), 2),
+                _num(rates.get("AgentAssertion"), 2),
+                _num(rates.get("Bearer"), 2),
+                _pct(cache.get("l1_hit_ratio")),
+                _pct(cache.get("l2_hit_ratio")),
+            ),
+        ),
     ]
 
 
-def _health_row(name: str, view: Mapping[str, Any], *, total: bool = False) -> list[str]:
+def _health_row(name: str, view: Mapping[str, Any], *, total: bool = False) -> list[Text]:
     registrations = view.get("registrations", {})
     rejections = view.get("rejections", {})
     tasks = sum(registrations.get("tasks", {}).values())
     denied = sum(view.get("callers_denied", {}).values())
     if total:
-        states, opened = view.get("redis", {}), view.get("circuits_open", [])
+        states = view.get("redis", {})
         down = states.get("down", [])
-        redis = f"[bold red]DOWN {','.join(down)}[/]" if down else _redis(_best(states))
-        circuit = f"[bold red]OPEN {','.join(opened)}[/]" if opened else "[green]closed[/]"
+        redis = _text(f"DOWN {','.join(down)}", "bold red") if down else _redis(_best(states))
+        circuit = _circuits(list(view.get("circuits_open", [])))
     else:
-        redis, circuit = _redis(view.get("redis", "?")), _circuits(view.get("circuits", {}))
+        circuits = view.get("circuits", {})
+        redis = _redis(view.get("redis", "?"))
+        circuit = _circuits(sorted(name for name, state in circuits.items() if state == "open"))
     return [
-        f"[bold]{name}[/]" if total else name,
-        f"{registrations.get('identities', 0)}/{tasks}",
-        _num(registrations.get("task_latency_ms", {}).get("p95")),
-        f"{rejections.get('rejected', 0)}/{rejections.get('throttled', 0)}",
+        _name(name, total=total),
+        _text(f"{registrations.get('identities', 0)}/{tasks}"),
+        _text(_num(registrations.get("task_latency_ms", {}).get("p95"))),
+        _text(f"{rejections.get('rejected', 0)}/{rejections.get('throttled', 0)}"),
         redis,
         circuit,
-        str(denied) if not denied else f"[yellow]{denied}[/]",
+        _text(denied, "yellow" if denied else ""),
     ]
 
 
 def _table(title: str, *columns: str) -> Table:
-    from rich.table import Table
-
     table = Table(title=title, title_justify="left", expand=False, pad_edge=False)
     for index, column in enumerate(columns):
         last = index == len(columns) - 1
@@ -94,27 +119,24 @@ def _table(title: str, *columns: str) -> Table:
 def _counts_table(title: str, counts: Mapping[str, int], key: str) -> Table:
     table = _table(title, key, "count")
     for name, count in sorted(counts.items(), key=lambda kv: -kv[1]):
-        table.add_row(name, f"{count:,}")
+        table.add_row(_text(name), _text(f"{count:,}"))
     if not counts:
-        table.add_row("[dim]none[/]", "")
+        table.add_row(_text("none", "dim"), "")
     return table
 
 
 def render(snapshot: Mapping[str, Any]) -> RenderableType:
     """The whole screen for one snapshot."""
-    from rich.columns import Columns
-    from rich.console import Group
-    from rich.text import Text
-
     lines = snapshot["lines"]
     skipped = ", ".join(f"{k} {v}" for k, v in lines["skipped_by_reason"].items())
     unknown = sum(lines["unknown_events"].values())
-    header = Text.from_markup(
-        f"[bold]credential-broker dashboard[/]  window {snapshot['window_s']:g} s · "
-        f"{len(snapshot['replicas'])} replica(s) · {lines['read']:,} lines read · "
-        f"[{'yellow' if lines['skipped'] else 'green'}]{lines['skipped']:,} skipped[/]"
-        + (f" ({skipped})" if skipped else "")
-        + (f" · {unknown:,} with unknown events" if unknown else "")
+    header = Text.assemble(
+        ("credential-broker dashboard", "bold"),
+        f"  window {snapshot['window_s']:g} s · {len(snapshot['replicas'])} replica(s) · "
+        f"{lines['read']:,} lines read · ",
+        (f"{lines['skipped']:,} skipped", "yellow" if lines["skipped"] else "green"),
+        (f" ({skipped})" if skipped else "")
+        + (f" · {unknown:,} with unknown events" if unknown else ""),
     )
     traffic = _table(
         "Traffic (per second over the window)",
@@ -133,17 +155,22 @@ def render(snapshot: Mapping[str, Any]) -> RenderableType:
 
     operations = _table("Control plane", "operation", "requests", "errors", "p50 ms", "p95 ms")
     for name, op in total["controlplane"]["by_operation"].items():
-        errors = f"[red]{op['errors']}[/]" if op["errors"] else "0"
-        operations.add_row(name, f"{op['count']:,}", errors, _num(op["p50"]), _num(op["p95"]))
+        operations.add_row(
+            _text(name),
+            _text(f"{op['count']:,}"),
+            _text(op["errors"], "red" if op["errors"] else ""),
+            _text(_num(op["p50"])),
+            _text(_num(op["p95"])),
+        )
     fallbacks = total["fallbacks"] or total["fallback_events"]
     warnings = _table("Latest warnings", "time", "replica", "event", "detail")
     for warning in reversed(snapshot["warnings"]):
         style = "red" if warning["level"] in ("error", "critical") else "yellow"
         warnings.add_row(
-            warning["timestamp"][11:19],
-            warning["replica"],
-            f"[{style}]{warning['event']}[/]",
-            warning["detail"],
+            _text(warning["timestamp"][11:19]),
+            _text(warning["replica"]),
+            _text(warning["event"], style),
+            _text(warning["detail"]),
         )
     details = Columns(
         [
@@ -169,12 +196,12 @@ def render(snapshot: Mapping[str, Any]) -> RenderableType:
             state = account["state"]
             style = "red" if state == "reauth_required" else "green"
             accounts.add_row(
-                name,
-                f"[{style}]{state}[/]",
-                str(account["refreshes"]),
-                str(account["failures"]),
-                str(account["last_failure"] or ""),
-                str(account.get("access_expires_at", ""))[:19],
+                _text(name),
+                _text(state, style),
+                _text(account["refreshes"]),
+                _text(account["failures"]),
+                _text(account["last_failure"] or ""),
+                _text(str(account.get("access_expires_at", ""))[:19]),
             )
         parts.append(accounts)
     parts.append(warnings)

@@ -1,4 +1,5 @@
-"""The account's refresh with real replica processes: a replica killed mid-refresh."""
+"""The account's refresh with real replica processes: a replica killed mid-refresh, and a refresh
+by one of three processes whose new tokens reach Redis sealed only."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ from pathlib import Path
 import pytest
 
 from broker._proto.credential_broker.v1 import broker_pb2 as pb
+from broker.adapters.sealing import load_kek_file
+from broker.adapters.store import RedisStore
 from broker.emulator import Emulator
 from tests.fixtures.fleet import Report, StartFleet
+from tests.integration.test_account_login import TOKEN_NAMES, assert_login_sealed, login_tokens
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -41,6 +45,9 @@ class TestKilledMidRefresh:
                 "BROKER_OAUTH_ISSUER": emulator.issuer_url,
                 "BROKER_OAUTH_CLIENT_ID": emulator.oauth_client_id,
                 "BROKER_REGISTRATION_DEADLINE": "1",
+                # reports act at most once per interval fleet-wide; the survivor's report below
+                # must come after it to reach the refresh path that finds the token spent
+                "BROKER_REJECTION_MIN_INTERVAL": "0.2",
             },
         )
         old = (await fleet[0].stub.GetAuthorization(BEARER_ONLY)).authorization.header_value
@@ -60,6 +67,7 @@ class TestKilledMidRefresh:
         killed_at = time.monotonic()
         hanging.cancel()
         await asyncio.gather(hanging, return_exceptions=True)
+        await asyncio.sleep(0.3)  # past the 0.2 s report interval the killed replica started
         await fleet[1].stub.ReportRejection(report, timeout=30)
         recovered_s = time.monotonic() - killed_at
         served = (await fleet[1].stub.GetAuthorization(BEARER_ONLY)).authorization.header_value
@@ -87,7 +95,8 @@ class TestCrossingExpiry:
         tmp_path: Path,
         fleet_report: Report,
     ) -> None:
-        """Three replica processes x 200 callers arriving after the expiry: exactly one refresh."""
+        """Three replica processes x 200 callers arriving after the expiry: exactly one refresh,
+        whose new tokens Redis holds sealed only."""
         login = emulator.create_login("acct-dev", user_id="user-dev", access_lifetime_seconds=6)
         auth_file = tmp_path / "auth.json"
         auth_file.write_text(json.dumps(login))
@@ -117,6 +126,18 @@ class TestCrossingExpiry:
         assert stats.families_revoked == 0
         assert len(headers) == 1
         assert f"Bearer {expired}" not in headers
+        # The refreshing replica wrote the new tokens: read back with the fleet's KEK, never clear.
+        store = RedisStore.from_url(redis_url, load_kek_file(fleet.env["BROKER_KEK_FILE"]))
+        try:
+            record = await store.load_account(identity_name)
+        finally:
+            await store.close()
+        assert record is not None
+        refreshed = login_tokens(record)
+        assert all(refreshed[name] != login["tokens"][name] for name in TOKEN_NAMES)
+        assert headers == {f"Bearer {refreshed['access_token']}"}
+        imported = {name: login["tokens"][name] for name in TOKEN_NAMES}
+        await assert_login_sealed(redis_url, identity_name, refreshed, imported)
         fleet_report(
             callers=600,
             replicas=3,

@@ -23,6 +23,7 @@ import pytest
 import redis
 
 from broker.adapters.sealing import generate_kek_line, load_kek_file
+from broker.adapters.store._redis_client import parse_topology
 from broker.config import load_settings
 from broker.core.callers import hash_token
 from broker.errors import ConfigError
@@ -43,6 +44,10 @@ rules:
   document-start: disable
 """
 _START_S = 10.0
+SERVICE = "credential-broker"
+# The passwords the tests write into the files deploy/redis includes from a Secret.
+DATA_PASSWORD = "data-password-for-the-test"
+SENTINEL_PASSWORD = "sentinel-password-for-the-test"
 
 
 def _documents(path: Path) -> list[dict[str, Any]]:
@@ -131,6 +136,17 @@ def _env() -> dict[str, str]:
     return {e["name"]: e["value"] for e in _container()["env"] if "value" in e}
 
 
+def _secret_env() -> dict[str, str]:
+    """The container's variables taken from Secrets, resolved against the Secrets in deploy/."""
+    found = {}
+    for variable in _container()["env"]:
+        reference = variable.get("valueFrom", {}).get("secretKeyRef")
+        if reference is not None:
+            secret = _resources()[f"Secret/{reference['name']}"]
+            found[variable["name"]] = secret["stringData"][reference["key"]]
+    return found
+
+
 def _port(listen: str) -> int:
     return int(listen.rpartition(":")[2])
 
@@ -214,13 +230,33 @@ class TestKubernetes:
         filled = tmp_path / "broker.toml"
         token_hash = hash_token("worker-token-0123456789abcdef")
         filled.write_text(re.sub(r"REPLACE-WITH-THE-64-HEX[-A-Z0-9]*", token_hash, text))
-        settings = load_settings({**env, "BROKER_CONFIG": str(filled)})
+        settings = load_settings({**env, **_secret_env(), "BROKER_CONFIG": str(filled)})
         assert settings.ops_listen == _env()["BROKER_OPS_LISTEN"]
         assert settings.grace_period == float(_env()["BROKER_GRACE_PERIOD"])
         assert [c.name for c in settings.callers] == ["worker"]
         assert settings.redis_url is not None
-        assert settings.redis_url.startswith("redis+sentinel://")
-        assert settings.redis_url.count(":26379") == 3
+        topology = parse_topology(settings.redis_url)
+        assert topology is not None
+        assert (topology.kind, topology.service, len(topology.nodes)) == ("sentinel", SERVICE, 3)
+        assert {port for _, port in topology.nodes} == {26379}
+        # Both the data nodes and the sentinels require a password (deploy/redis).
+        assert topology.password
+        assert topology.sentinel_password
+
+    def test_redis_url_is_not_in_the_config_map(self) -> None:
+        """The Redis URL carries passwords: it comes from a Secret, never the ConfigMap."""
+        text = _resources()["ConfigMap/credential-broker"]["data"]["broker.toml"]
+        assert "redis_url" not in tomllib.loads(text)
+        assert "BROKER_REDIS_URL" in _secret_env()
+        assert "BROKER_REDIS_URL" not in _env()
+
+    def test_ops_listener_opened_on_purpose(self) -> None:
+        """The ops listener (loopback by default) is opened explicitly, with a comment saying why."""
+        text = (DEPLOY / "kubernetes" / "broker.yaml").read_text()
+        lines = text.splitlines()
+        index = next(i for i, line in enumerate(lines) if "name: BROKER_OPS_LISTEN" in line)
+        assert _env()["BROKER_OPS_LISTEN"].startswith("0.0.0.0:")
+        assert "loopback" in "\n".join(lines[index - 3 : index])
 
     def test_secret_placeholders_fail_closed(self, tmp_path: Path) -> None:
         """The Secret template's KEK is refused as a KEK; a generated line is accepted."""
@@ -242,19 +278,43 @@ def fixture_redis_binary() -> str:
     return binary
 
 
-def _local_copy(name: str, directory: Path) -> Path:
-    """deploy/redis/``name`` with its data directory and monitored master moved to loopback."""
+_AUTH_FILES = {
+    "node-auth.conf": f"requirepass {DATA_PASSWORD}\nmasterauth {DATA_PASSWORD}\n",
+    "sentinel-auth.conf": (
+        f"requirepass {SENTINEL_PASSWORD}\nsentinel sentinel-pass {SENTINEL_PASSWORD}\n"
+        f"sentinel auth-pass {SERVICE} {DATA_PASSWORD}\n"
+    ),
+}
+
+
+def _local_copy(name: str, directory: Path, *, auth: bool = True) -> Path:
+    """deploy/redis/``name`` with its data directory, monitored master and password file moved.
+
+    The data directory goes to ``directory``, the monitored master to loopback, and the password
+    file it includes (from a Secret in production) to ``directory``, written unless ``auth`` is off.
+    """
     text = (DEPLOY / "redis" / name).read_text()
     text = re.sub(r"^dir .*$", f"dir {directory}", text, flags=re.MULTILINE)
     text = text.replace("redis-0.redis 6379", f"127.0.0.1 {free_port()}")  # nobody there
+    includes = re.findall(r"^include /etc/redis/auth/(\S+)$", text, flags=re.MULTILINE)
+    assert len(includes) == 1, f"{name} must include exactly one password file"
+    (included,) = includes
+    text = text.replace(f"/etc/redis/auth/{included}", str(directory / included))
+    if auth:
+        (directory / included).write_text(_AUTH_FILES[included])
     path = directory / name
     path.write_text(text)
     return path
 
 
+def _password(config: Path) -> str:
+    return SENTINEL_PASSWORD if config.name == "sentinel.conf" else DATA_PASSWORD
+
+
 @contextlib.contextmanager
 def _serving(binary: str, config: Path, *extra: str) -> Iterator[redis.Redis]:
-    """Run redis-server with ``config`` on a Unix socket; yield a client once it answers."""
+    """Run redis-server with ``config`` on a Unix socket; yield a client (with the password) once
+    it answers."""
     socket_path = config.parent / "redis.sock"
     log = config.parent / "redis.log"
     process = subprocess.Popen(
@@ -265,7 +325,9 @@ def _serving(binary: str, config: Path, *extra: str) -> Iterator[redis.Redis]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
     )
-    client = redis.Redis(unix_socket_path=str(socket_path), socket_timeout=1)
+    client = redis.Redis(
+        unix_socket_path=str(socket_path), password=_password(config), socket_timeout=1
+    )
     try:
         deadline = time.monotonic() + _START_S
         while True:
@@ -310,3 +372,39 @@ class TestRedisConfigs:
         with _serving(redis_binary, config, "--sentinel") as client:
             master = client.execute_command("SENTINEL", "MASTER", "credential-broker")
             assert master[b"quorum"] == b"2"
+
+    @pytest.mark.parametrize(
+        ("name", "extra"),
+        [("redis-node.conf", ()), ("cluster-node.conf", ()), ("sentinel.conf", ("--sentinel",))],
+    )
+    def test_clients_must_authenticate(
+        self, redis_binary: str, tmp_path: Path, name: str, extra: tuple[str, ...]
+    ) -> None:
+        """Each file runs in protected mode and refuses a client without the password."""
+        config = _local_copy(name, tmp_path)
+        settings = re.findall(r"^protected-mode (\S+)$", config.read_text(), flags=re.MULTILINE)
+        assert settings == ["yes"]
+        with _serving(redis_binary, config, *extra) as client:
+            if not extra:  # a sentinel has no CONFIG command
+                assert client.config_get("protected-mode") == {"protected-mode": "yes"}
+            anonymous = redis.Redis(unix_socket_path=str(tmp_path / "redis.sock"), socket_timeout=1)
+            try:
+                with pytest.raises(redis.AuthenticationError):
+                    anonymous.ping()
+            finally:
+                anonymous.close()
+
+    @pytest.mark.parametrize("name", ["redis-node.conf", "cluster-node.conf", "sentinel.conf"])
+    def test_no_password_file_no_start(self, redis_binary: str, tmp_path: Path, name: str) -> None:
+        """Without its password file a node or sentinel exits instead of running open."""
+        config = _local_copy(name, tmp_path, auth=False)
+        mode = ["--sentinel"] if name == "sentinel.conf" else []
+        result = subprocess.run(
+            [redis_binary, str(config), *mode, "--port", "0"],
+            capture_output=True,
+            text=True,
+            timeout=_START_S,
+            check=False,
+        )
+        assert result.returncode != 0
+        assert "can't open config file" in result.stdout + result.stderr

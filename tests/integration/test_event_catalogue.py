@@ -64,6 +64,13 @@ EXEMPT: frozenset[Event] = frozenset(
         Event.ACCOUNT_REAUTH_REQUIRED,
         # Needs a provider whose refresh names another account or user; the emulator never does.
         Event.ACCOUNT_BINDING_CHANGED,
+        # Written by `kek reseal`, not by a broker: driven, and checked against this catalogue, by
+        # tests/integration/test_reseal_hostile_keys.py.
+        Event.STORE_RESEAL_SKIPPED,
+        # Written by `serve` before the broker starts (it turns core dumps off for the whole
+        # process): driven, and checked against this catalogue, by test_secret_files.py.
+        Event.PROCESS_HARDENED,
+        Event.FILE_EXPOSED,
     }
 )
 
@@ -207,7 +214,7 @@ async def _control_plane_down(start_broker: StartBroker, emulator: Emulator) -> 
 
 
 async def _redis(start_broker: StartBroker, process: RedisServerProcess) -> None:
-    """Shared state: load, discard and corrupt values; Redis down and back; --insecure."""
+    """Shared state: load, discard and corrupt values; Redis down and back."""
     url = process.url
     first = await start_broker(redis_url=url, identity="shared")
     await first.stub.GetAuthorization(pb.GetAuthorizationRequest())
@@ -225,7 +232,7 @@ async def _redis(start_broker: StartBroker, process: RedisServerProcess) -> None
         await client.set(keys.identity_key("corrupt"), b"not a hash")
     finally:
         await client.aclose()
-    corrupt = await start_broker(redis_url=url, identity="corrupt", env={"BROKER_INSECURE": "1"})
+    corrupt = await start_broker(redis_url=url, identity="corrupt")
     await corrupt.stub.GetAuthorization(pb.GetAuthorizationRequest())
     await corrupt.close()
     # Redis goes away and comes back.
@@ -241,10 +248,17 @@ async def _redis(start_broker: StartBroker, process: RedisServerProcess) -> None
     await broker.close()
 
 
-async def _insecure(start_broker: StartBroker, url: str) -> None:
-    """Redis without a key-encryption key, allowed by --insecure."""
+async def _opt_ins(start_broker: StartBroker, url: str) -> None:
+    """The weakening settings, each allowed by name: no KEK, no callers, cleartext upstreams."""
     broker = await start_broker(
-        redis_url=url, identity="insecure", env={"BROKER_KEK_FILE": "", "BROKER_INSECURE": "true"}
+        redis_url=url,
+        identity="unsealed",
+        env={
+            "BROKER_KEK_FILE": "",
+            "BROKER_ALLOW_UNSEALED_STORE": "true",
+            "BROKER_ALLOW_ANONYMOUS_CALLERS": "true",
+            "BROKER_ALLOW_CLEARTEXT_UPSTREAM": "true",
+        },
     )
     await broker.stub.GetAuthorization(pb.GetAuthorizationRequest())
     await broker.close()
@@ -307,6 +321,29 @@ async def _bootstrap_cooldown(start_broker: StartBroker, emulator: Emulator) -> 
     answer = (await broker.stub.GetAuthorization(pb.GetAuthorizationRequest())).authorization
     assert answer.fallback_reason == pb.FALLBACK_REASON_BOOTSTRAP_UNAVAILABLE
     emulator.reset()
+    await broker.close()
+
+
+async def _abuse_limits(start_broker: StartBroker) -> None:
+    """A new thread task over budget is refused; a second report of the Bearer is throttled."""
+    broker = await start_broker(
+        env={
+            "BROKER_THREAD_TASK_BURST_PER_IDENTITY": "1",
+            "BROKER_THREAD_TASK_RATE_PER_IDENTITY": "0.01",
+        }
+    )
+    await broker.stub.EnsureTask(pb.EnsureTaskRequest(thread_id="allowed"))
+    await _expect_error(
+        broker.stub.EnsureTask(pb.EnsureTaskRequest(thread_id="refused")),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    )
+    bearer = (
+        await broker.stub.GetAuthorization(pb.GetAuthorizationRequest(mode=pb.MODE_BEARER_ONLY))
+    ).authorization
+    for _ in range(2):
+        await broker.stub.ReportRejection(
+            pb.ReportRejectionRequest(header_value=bearer.header_value, http_status=401)
+        )
     await broker.close()
 
 
@@ -470,10 +507,11 @@ class TestRealBroker:
             lambda: _fallbacks(start_broker, emulator),
             lambda: _control_plane_down(start_broker, emulator),
             lambda: _redis(start_broker, redis_process),
-            lambda: _insecure(start_broker, redis_process.url),
+            lambda: _opt_ins(start_broker, redis_process.url),
             lambda: _callers_and_admin(start_broker, tmp_path),
             lambda: _tls(start_broker, tmp_path),
             lambda: _bootstrap_cooldown(start_broker, emulator),
+            lambda: _abuse_limits(start_broker),
             lambda: _config_invalid(buffer),
         ]
         broker = await start_broker(env={"BROKER_STATS_INTERVAL": "0.2"})

@@ -63,7 +63,7 @@ from broker.errors import (
     TaskIdError,
 )
 from broker.secrets import Secret
-from tests.fixtures.broker import DEV_TOKEN, StartBroker
+from tests.fixtures.broker import DEV_TOKEN, UNMETERED_THREADS, StartBroker
 from tests.fixtures.emulator import StartEmulator
 from tests.fuzz_helpers import (
     INVALID_UTF8,
@@ -857,7 +857,7 @@ async def test_broker_stores_no_garbage_task(
     UNAVAILABLE (thread), nothing stored, one request; then a proper task whose assertion verifies."""
     bridge = LoopBridge(asyncio.get_running_loop())
     tally = Tally(request.node.name)
-    broker = await start_broker()
+    broker = await start_broker(env=UNMETERED_THREADS)
     admin = apb_grpc.CredentialBrokerAdminStub(broker.channel)
     authorizer = broker.app.authorizer
     runtime = authorizer.runtime("")

@@ -22,6 +22,7 @@ from broker.adapters.store.reseal import reseal_all
 from broker.core.credentials.model import CachedAssertion, IdentityRecord
 from broker.core.protocol.keys import AgentKey
 from broker.secrets import Secret
+from tests.fixtures.redis import RedisServerProcess
 
 pytestmark = pytest.mark.integration
 
@@ -30,6 +31,13 @@ NEW_KEY = os.urandom(32)
 OLD = KekSealer([("old", OLD_KEY)])
 BOTH = KekSealer([("new", NEW_KEY), ("old", OLD_KEY)])
 NEW_ONLY = KekSealer([("new", NEW_KEY)])
+
+
+@pytest.fixture(name="redis_url")
+def fixture_private_redis_url(redis_process: RedisServerProcess) -> str:
+    """A Redis of this test's own: reseal scans every identity's keys by design, so values that
+    other tests sealed under their own KEKs would show up here as unreadable."""
+    return redis_process.url
 
 
 @pytest.fixture(name="raw")

@@ -119,7 +119,7 @@ class TestSealedAtRest:
     async def test_insecure_values_not_served_with_kek(
         self, redis_url: str, store: RedisStore, identity_name: str, log_output: Logs
     ) -> None:
-        """Values written in --insecure mode are discarded, not served, by a broker with a KEK."""
+        """Values written unsealed (no KEK) are discarded, not served, by a broker with a KEK."""
         insecure = RedisStore.from_url(redis_url, PlaintextSealer())
         try:
             await insecure.save_identity(make_identity(identity_name))
@@ -132,7 +132,7 @@ class TestSealedAtRest:
     async def test_sealed_values_not_served_insecure(
         self, redis_url: str, store: RedisStore, identity_name: str
     ) -> None:
-        """A broker switched to --insecure does not serve KEK-sealed values."""
+        """A broker switched to an unsealed store does not serve KEK-sealed values."""
         await store.save_assertion(identity_name, make_assertion(), 60)
         insecure = RedisStore.from_url(redis_url, PlaintextSealer())
         try:

@@ -17,7 +17,14 @@ import redis.asyncio
 
 from broker.adapters.sealing import KekSealer
 from broker.adapters.store import EmbeddedStore, RedisStore, keys
-from broker.core.credentials.model import BACKGROUND, CachedAssertion, IdentityRecord, TaskRecord
+from broker.core.credentials.model import (
+    BACKGROUND,
+    LIVE_THREAD_TASKS,
+    Budget,
+    CachedAssertion,
+    IdentityRecord,
+    TaskRecord,
+)
 from broker.core.credentials.ports import Store
 from broker.core.protocol.keys import AgentKey
 from broker.secrets import Secret
@@ -390,3 +397,67 @@ class TestInvalidations:
         async with asyncio.timeout(5):
             assert await consumer is None
         assert await anext(store.invalidations(), None) is None
+
+
+class TestThreadTaskAdmission:
+    """Fleet-wide limits on new thread tasks: GCRA budgets and a cap on live ones, all or nothing."""
+
+    async def test_burst_then_refusal_names_the_budget(self, store: Store, identity: str) -> None:
+        budgets = [Budget("identity", 0.01, 3), Budget("caller:a", 0.01, 2)]
+        admitted = [
+            await store.admit_thread_task(
+                identity, f"m{i}", ttl_seconds=60, live_cap=100, budgets=budgets
+            )
+            for i in range(3)
+        ]
+        assert admitted[:2] == [None, None]
+        refusal = admitted[2]
+        assert refusal is not None
+        assert refusal.limit == "caller:a"
+        assert 99 <= refusal.retry_after <= 100.1  # one token every 100 s
+        # a refusal takes nothing: the identity budget still has its third token
+        other = await store.admit_thread_task(
+            identity, "m9", ttl_seconds=60, live_cap=100, budgets=budgets[:1]
+        )
+        assert other is None
+        spent = await store.admit_thread_task(
+            identity, "m10", ttl_seconds=60, live_cap=100, budgets=budgets[:1]
+        )
+        assert spent is not None
+        assert spent.limit == "identity"
+
+    async def test_live_cap_counts_members_once(self, store: Store, identity: str) -> None:
+        for member in ("a", "b", "a"):
+            assert (
+                await store.admit_thread_task(
+                    identity, member, ttl_seconds=60, live_cap=2, budgets=[]
+                )
+                is None
+            )
+        refusal = await store.admit_thread_task(
+            identity, "c", ttl_seconds=60, live_cap=2, budgets=[]
+        )
+        assert refusal is not None
+        assert refusal.limit == LIVE_THREAD_TASKS
+        assert 0 < refusal.retry_after <= 60
+        await store.forget_thread_task(identity, "a")
+        assert (
+            await store.admit_thread_task(identity, "c", ttl_seconds=60, live_cap=2, budgets=[])
+            is None
+        )
+
+    async def test_live_members_expire(
+        self, store: Store, identity: str, clock: ManualClock, request: pytest.FixtureRequest
+    ) -> None:
+        assert (
+            await store.admit_thread_task(identity, "a", ttl_seconds=0.2, live_cap=1, budgets=[])
+            is None
+        )
+        if isinstance(store, RedisStore):
+            await asyncio.sleep(0.25)  # the script reads Redis's own clock
+        else:
+            clock.advance(0.25)
+        assert (
+            await store.admit_thread_task(identity, "b", ttl_seconds=60, live_cap=1, budgets=[])
+            is None
+        )

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from broker.adapters.store._redis_client import Topology, parse_topology
 from broker.config import load_settings
 from broker.core.credentials.spec import Profile
 from broker.errors import ConfigError
@@ -104,12 +105,75 @@ class TestToml:
             load_settings({"BROKER_CONFIG": str(config), "BROKER_ACCOUNT_ID": "y"})
 
 
+class TestRedisTopologies:
+    """Sentinel and Cluster URLs, in the forms the store's client parses (``_redis_client``)."""
+
+    @pytest.mark.parametrize(
+        ("url", "topology"),
+        [
+            (
+                "redis+sentinel://127.0.0.1:26379/mymaster",
+                Topology("sentinel", (("127.0.0.1", 26379),), "mymaster"),
+            ),
+            (
+                "redis+sentinel://s1:26380,s2,[::1]:26381/main/3",
+                Topology("sentinel", (("s1", 26380), ("s2", 26379), ("::1", 26381)), "main", 3),
+            ),
+            (
+                "redis+sentinel://ops:p%40ss@s1/main/0",
+                Topology("sentinel", (("s1", 26379),), "main", 0, "ops", "p@ss"),
+            ),
+            (
+                "redis+sentinel://:secret@s1:26379/main",
+                Topology("sentinel", (("s1", 26379),), "main", password="secret"),
+            ),
+            (
+                "redis+cluster://10.0.0.1:7000",
+                Topology("cluster", (("10.0.0.1", 7000),)),
+            ),
+            (
+                "redis+cluster://n1:7000,n2,[::1]:7002/0",
+                Topology("cluster", (("n1", 7000), ("n2", 6379), ("::1", 7002))),
+            ),
+            (
+                "redis+cluster://ops:p%40ss@n1:7000,n2:7001",
+                Topology("cluster", (("n1", 7000), ("n2", 7001)), username="ops", password="p@ss"),
+            ),
+        ],
+    )
+    def test_url_is_accepted_and_parses(self, url: str, topology: Topology) -> None:
+        """BROKER_REDIS_URL keeps a Sentinel or Cluster URL as given, and it names the topology."""
+        settings = load_settings({"BROKER_REDIS_URL": url})
+        assert settings.redis_url == url
+        assert parse_topology(settings.redis_url) == topology
+
+    @pytest.mark.parametrize(
+        ("url", "kind"),
+        [
+            ("redis+sentinel://127.0.0.1:26379,127.0.0.2/mymaster/1", "sentinel"),
+            ("redis+cluster://127.0.0.1:7000,127.0.0.1:7001", "cluster"),
+        ],
+    )
+    def test_url_from_file_and_flag(self, tmp_path: Path, url: str, kind: str) -> None:
+        """The TOML file's redis_url and the --redis-url flag take the same URLs as the variable."""
+        config = tmp_path / "broker.toml"
+        config.write_text(f'redis_url = "{url}"\n')
+        from_file = load_settings({"BROKER_CONFIG": str(config)})
+        from_flag = load_settings({"BROKER_REDIS_URL": "redis://127.0.0.1:1/0"}, {"redis_url": url})
+        for settings in (from_file, from_flag):
+            assert settings.redis_url == url
+            parsed = parse_topology(settings.redis_url)
+            assert parsed is not None
+            assert parsed.kind == kind
+
+
 class TestCallers:
     def test_non_loopback_without_callers_refused(self) -> None:
-        """Listening beyond loopback with no caller authentication needs --insecure."""
+        """Listening beyond loopback with no caller authentication needs its own explicit setting."""
         with pytest.raises(ConfigError, match="not a loopback address"):
             load_settings({"BROKER_LISTEN": "0.0.0.0:50051"})
-        assert load_settings({"BROKER_LISTEN": "0.0.0.0:50051", "BROKER_INSECURE": "1"}).insecure
+        env = {"BROKER_LISTEN": "0.0.0.0:50051", "BROKER_ALLOW_ANONYMOUS_CALLERS": "1"}
+        assert load_settings(env).allow_anonymous_callers
 
     @pytest.mark.parametrize("listen", ["127.0.0.1:1", "127.9.9.9:1", "[::1]:1", "localhost:1"])
     def test_loopback_needs_nothing(self, listen: str) -> None:

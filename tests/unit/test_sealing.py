@@ -1,4 +1,4 @@
-"""Secrets at rest: the KEK sealer, the insecure plaintext mode, and the KEK file."""
+"""Secrets at rest: the KEK sealer, the unsealed plaintext mode, and the KEK file."""
 
 from __future__ import annotations
 
@@ -102,7 +102,7 @@ class TestKekSealer:
             old.open(new_value, AD)
 
     def test_refuses_plaintext_values(self, sealer: KekSealer) -> None:
-        """A KEK sealer refuses values written by an --insecure broker."""
+        """A KEK sealer refuses values written by a broker without a KEK (unsealed store)."""
         with pytest.raises(SealingError, match="plaintext"):
             sealer.open(PlaintextSealer().seal(b"secret", AD), AD)
 
@@ -135,13 +135,13 @@ class TestKekSealer:
 
 class TestPlaintextSealer:
     def test_round_trip(self) -> None:
-        """The insecure mode stores cb0 + plaintext and opens it back."""
+        """The unsealed mode stores cb0 + plaintext and opens it back."""
         sealer = PlaintextSealer()
         assert sealer.seal(b"value", AD) == b"cb0value"
         assert sealer.open(b"cb0value", AD) == b"value"
 
     def test_refuses_sealed_values(self, sealer: KekSealer) -> None:
-        """An --insecure broker refuses KEK-sealed values instead of serving them."""
+        """A broker on an unsealed store refuses KEK-sealed values instead of serving them."""
         with pytest.raises(SealingError, match="sealed with a KEK"):
             PlaintextSealer().open(sealer.seal(b"secret", AD), AD)
 

@@ -1,6 +1,7 @@
 """The Lua scripts of the Redis store (see the theory of operation in :mod:`.redis`).
 
-Each script touches exactly one key, passed in ``KEYS[1]``, so it runs unchanged on Redis Cluster.
+Each script touches the keys it is passed in ``KEYS`` only, all of one identity (one hash tag, one
+Cluster slot), so it runs unchanged on Redis Cluster.
 ``redis.pcall`` is used where a foreign value of another type may sit at the key: the comparison then
 fails instead of the script raising ``WRONGTYPE``.
 """
@@ -64,3 +65,38 @@ end
 return redis.call('DEL', KEYS[1])
 """
 """Delete a value judged corrupt only if it is still exactly what was judged; 1 when deleted."""
+
+ADMIT_THREAD_TASK: Final = """
+-- KEYS[1] = the identity's live thread tasks (ZSET member -> expiry, ms); KEYS[2..] = budgets.
+-- ARGV[1] = member, ARGV[2] = its TTL (ms), ARGV[3] = live cap,
+-- then per budget j (KEYS[j + 1]): ARGV[2 + 2j] = ms per token, ARGV[3 + 2j] = burst.
+-- Returns {-1, 0} when admitted, else {i, retry ms}: i = 0 for the live cap, j for budget j.
+-- Budgets are GCRA buckets: the key holds the theoretical arrival time (TAT, ms) of the next token.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
+    local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+    return {0, math.max(tonumber(first[2]) - now, 1)}
+  end
+end
+local tats = {}
+for j = 1, #KEYS - 1 do
+  local step = tonumber(ARGV[2 + 2 * j])
+  local burst = tonumber(ARGV[3 + 2 * j])
+  local tat = math.max(tonumber(redis.call('GET', KEYS[j + 1]) or now), now)
+  local allow_at = tat + step - step * burst
+  if allow_at > now then return {j, math.max(allow_at - now, 1)} end
+  tats[j] = tat + step
+end
+for j = 1, #KEYS - 1 do
+  redis.call('SET', KEYS[j + 1], string.format('%d', tats[j]), 'PX', tats[j] - now + 1)
+end
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+redis.call('PEXPIRE', KEYS[1], math.max(tonumber(last[2]) - now, 1))
+return {-1, 0}
+"""
+"""Admit a new thread task against the live cap and every budget, all or nothing."""

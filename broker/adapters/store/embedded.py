@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Generic, TypeVar
 
@@ -23,9 +23,12 @@ from broker.adapters.store._codec import iso
 from broker.adapters.store._fanout import Fanout
 from broker.core.credentials.model import (
     BACKGROUND,
+    LIVE_THREAD_TASKS,
     AccountRecord,
+    Budget,
     CachedAssertion,
     IdentityRecord,
+    Refusal,
     TaskRecord,
 )
 from broker.core.credentials.ports import Clock
@@ -66,6 +69,8 @@ class EmbeddedStore:
         self._locks: Final[dict[str, _Entry[str]]] = {}
         self._cooldowns: Final[dict[str, _Entry[bool]]] = {}
         self._accounts: Final[dict[str, AccountRecord]] = {}
+        self._live_threads: Final[dict[str, dict[str, float]]] = {}  # identity -> member -> until
+        self._budgets: Final[dict[str, float]] = {}  # budget key -> next arrival (monotonic)
         self._fanout: Final = Fanout()
         self._next_sweep = clock.monotonic() + _SWEEP_INTERVAL_S
 
@@ -213,6 +218,41 @@ class EmbeddedStore:
             return False
         del self._locks[key]
         return True
+
+    # -- thread-task admission -------------------------------------------------------------------
+
+    async def admit_thread_task(
+        self,
+        identity: str,
+        member: str,
+        *,
+        ttl_seconds: float,
+        live_cap: int,
+        budgets: Sequence[Budget],
+    ) -> Refusal | None:
+        """Admit a new thread task against the live cap and every budget, all or nothing."""
+        now = self._clock.monotonic()
+        live = self._live_threads.setdefault(identity, {})
+        for expired in [name for name, until in live.items() if until <= now]:
+            del live[expired]
+        if member not in live and len(live) >= live_cap:
+            return Refusal(LIVE_THREAD_TASKS, max(min(live.values()) - now, 0.001))
+        arrivals: list[tuple[str, float]] = []
+        for budget in budgets:
+            key = keys.budget_key(identity, budget.name)
+            step = 1.0 / budget.per_second
+            arrival = max(self._budgets.get(key, now), now)
+            allow_at = arrival + step - step * budget.burst
+            if allow_at > now:
+                return Refusal(budget.name, allow_at - now)
+            arrivals.append((key, arrival + step))
+        self._budgets.update(arrivals)
+        live[member] = now + _ttl(ttl_seconds)
+        return None
+
+    async def forget_thread_task(self, identity: str, member: str) -> None:
+        """Stop counting ``member`` as a live thread task."""
+        self._live_threads.get(identity, {}).pop(member, None)
 
     # -- invalidations ---------------------------------------------------------------------------
 

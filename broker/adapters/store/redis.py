@@ -58,7 +58,7 @@ from __future__ import annotations
 
 import math
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
 import structlog
@@ -78,9 +78,12 @@ from broker.adapters.store._redis_client import (
 from broker.adapters.store._redis_subscriber import FAILURES, InvalidationSubscriber
 from broker.core.credentials.model import (
     BACKGROUND,
+    LIVE_THREAD_TASKS,
     AccountRecord,
+    Budget,
     CachedAssertion,
     IdentityRecord,
+    Refusal,
     TaskRecord,
 )
 from broker.core.credentials.ports import Sealer
@@ -140,6 +143,7 @@ class RedisStore:
         self._delete_task_if: Final = client.register_script(_redis_scripts.DELETE_TASK_IF)
         self._delete_string_if: Final = client.register_script(_redis_scripts.DELETE_STRING_IF)
         self._discard_script: Final = client.register_script(_redis_scripts.DISCARD)
+        self._admit_thread_task: Final = client.register_script(_redis_scripts.ADMIT_THREAD_TASK)
         self._state: Literal["unknown", "up", "down"] = "unknown"
         self._closed = False
         self._sharded: Final = isinstance(client, RedisCluster)
@@ -297,6 +301,45 @@ class RedisStore:
             "delete_task", lambda: self._delete_task_if(keys=[key], args=[task_id])
         )
         return bool(deleted)
+
+    # -- thread-task admission -------------------------------------------------------------------
+
+    async def admit_thread_task(
+        self,
+        identity: str,
+        member: str,
+        *,
+        ttl_seconds: float,
+        live_cap: int,
+        budgets: Sequence[Budget],
+    ) -> Refusal | None:
+        """Admit a new thread task against the live cap and every budget, in one script.
+
+        The script reads Redis's own clock, so every replica meters the same buckets against the
+        same time.
+        """
+        budget_keys = [keys.budget_key(identity, budget.name) for budget in budgets]
+        args: list[str | int] = [member, _px(ttl_seconds), live_cap]
+        for budget in budgets:
+            args += [max(1, round(1000 / budget.per_second)), budget.burst]
+        verdict = await self._call(
+            "admit_thread_task",
+            lambda: self._admit_thread_task(
+                keys=[keys.live_threads_key(identity), *budget_keys], args=args
+            ),
+        )
+        limit, retry_ms = int(verdict[0]), int(verdict[1])
+        if limit < 0:
+            return None
+        name = LIVE_THREAD_TASKS if limit == 0 else budgets[limit - 1].name
+        return Refusal(name, retry_ms / 1000)
+
+    async def forget_thread_task(self, identity: str, member: str) -> None:
+        """Stop counting ``member`` as a live thread task."""
+        await self._call(
+            "forget_thread_task",
+            lambda: self._client.zrem(keys.live_threads_key(identity), member),
+        )
 
     # -- assertions ------------------------------------------------------------------------------
 

@@ -171,6 +171,11 @@ class AccountLogin:
         if record is not None and record.tokens.access_token == token:
             await self.refresh(record)
 
+    async def reread(self) -> Secret | None:
+        """The access token as the store holds it now (another replica may have refreshed it)."""
+        record = await self.current(force=True)
+        return record.tokens.access_token if record is not None else None
+
     async def _refresh_quietly(self, seen: AccountRecord) -> None:
         try:
             await self.refresh(seen)

@@ -25,6 +25,7 @@ ask for a longer guaranteed remainder with ``min_remaining``.
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from datetime import datetime, timedelta
 
 import structlog
 
-from broker.core.callers import CallerPolicy
+from broker.core.callers import LOCAL_CALLER, CallerPolicy, ReportRefused
 from broker.core.credentials.fallback import BOOTSTRAP_COOLDOWN, FallbackPolicy
 from broker.core.credentials.identity import IdentityManager
 from broker.core.credentials.model import (
@@ -56,7 +57,7 @@ from broker.core.credentials.spec import (
 )
 from broker.core.credentials.tasks import TaskRegistry
 from broker.core.credentials.watch import WatchHub, WatchKey
-from broker.core.protocol.assertion import build_assertion, parse_assertion
+from broker.core.protocol.assertion import build_assertion, parse_assertion, verify_assertion
 from broker.errors import (
     ControlPlaneError,
     IdentityUnusable,
@@ -74,8 +75,21 @@ log = structlog.get_logger("broker.authorizer")
 # An invalidation of this slot means "everything of the identity" (rotation, flush).
 ALL_SLOTS = "*"
 
+# How often a replica waiting for another's replacement (a task, the Bearer) looks again.
+_CLAIM_POLL_S = 0.02
+
+# A throttled Bearer report waits this long at most for a refresh in flight, looking this often
+# (each look reads the store: the refresh may be another replica's).
+_BEARER_WAIT_S = 2.0
+_BEARER_POLL_S = 0.1
+
 # Errors on the way to an assertion that the protocol answers with a Bearer fallback (§8.1).
 _FALLBACK_ERRORS = (ControlPlaneError, ProtocolError, IdentityUnusable, NoBearerToken)
+
+
+def _requester(caller: CallerPolicy | None) -> str | None:
+    """Whose thread-task budget a request draws on: a configured caller's, else none of its own."""
+    return None if caller is None or caller is LOCAL_CALLER else caller.name
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +98,15 @@ class Rejection:
 
     authorization: Authorization
     replaced: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Claim:
+    """This replica's claim on replacing one task (see ``_claim_replacement``)."""
+
+    task: TaskRecord
+    lock_name: str
+    token: str
 
 
 @dataclass(slots=True)
@@ -115,9 +138,9 @@ class Authorizer:
         identity_manager: establishes identities.
         tasks: finds and registers tasks.
         l1_max_entries: bound of the in-process cache (oldest entries are evicted).
-        rejection_min_interval: a slot's task is replaced at most once per this many seconds
-            by this replica, so a worker reporting every header it gets cannot make the broker
-            hammer the control plane with registrations.
+        rejection_min_interval: a slot's task is replaced, and the account's Bearer refreshed
+            on a report, at most once per this many seconds fleet-wide, so workers reporting
+            every header they get cannot make the broker hammer the control plane.
         """
         if default_identity not in identities:
             raise ValueError(f"default identity {default_identity!r} is not configured")
@@ -132,7 +155,6 @@ class Authorizer:
         self._flights: SingleFlight[tuple[str, str, float], Authorization] = SingleFlight()
         self._replacements: SingleFlight[tuple[str, str, str], Rejection] = SingleFlight()
         self._rejection_min_interval = rejection_min_interval
-        self._last_replacement: dict[tuple[str, str], float] = {}
         self._hub = WatchHub(
             clock=clock, authorize=self._authorize_key, serve_until=self.serve_until
         )
@@ -187,6 +209,7 @@ class Authorizer:
             UnknownIdentity: the identity is not configured.
             NoBearerToken: a Bearer is due and the account has none.
             TaskUnavailable: a thread's task cannot be registered.
+            ThreadTaskBudgetExhausted: a new thread task is over a budget or the live cap.
             StoreUnavailable: shared state is unreachable and nothing valid is cached.
         """
         # Hot path: an L1 entry exists only for a validated (identity, thread) and only holds
@@ -201,7 +224,9 @@ class Authorizer:
             caller.check_identity(self.runtime(identity).spec.name)
             if mode is Mode.BEARER_ONLY:
                 caller.check_bearer_only()
-        authorization = await self._authorize(identity, thread_id, mode, min_remaining)
+        authorization = await self._authorize(
+            identity, thread_id, mode, min_remaining, _requester(caller)
+        )
         if caller is not None:
             self.check_delivery(caller, authorization)
         return authorization
@@ -225,7 +250,12 @@ class Authorizer:
             caller.check_bearer_fallback(reason.value)
 
     async def _authorize(
-        self, identity: str, thread_id: str, mode: Mode, min_remaining: float
+        self,
+        identity: str,
+        thread_id: str,
+        mode: Mode,
+        min_remaining: float,
+        requester: str | None = None,
     ) -> Authorization:
         runtime = self.runtime(identity)
         spec = runtime.spec
@@ -249,11 +279,16 @@ class Authorizer:
             return await self._fallbacks.bearer(runtime, FallbackReason.UNSUPPORTED_HOST, thread_id)
         return await self._flights.do(
             (spec.name, slot, min_remaining),
-            lambda: self._resolve(runtime, thread_id, slot, needed),
+            lambda: self._resolve(runtime, thread_id, slot, needed, requester),
         )
 
     async def _resolve(
-        self, runtime: IdentityRuntime, thread_id: str, slot: str, needed: timedelta
+        self,
+        runtime: IdentityRuntime,
+        thread_id: str,
+        slot: str,
+        needed: timedelta,
+        requester: str | None,
     ) -> Authorization:
         spec = runtime.spec
         if spec.source is Source.REGISTER and not (await binding(runtime))[0]:
@@ -274,7 +309,7 @@ class Authorizer:
             task = await self._tasks.peek(identity, slot)
             if task is None:
                 identity = await self._identity_manager.reconcile(runtime, identity)
-                task = await self._tasks.task_for(runtime, identity, slot)
+                task = await self._tasks.task_for(runtime, identity, slot, requester)
         except _FALLBACK_ERRORS as exc:
             return await self._fallbacks.task_failure(runtime, thread_id, exc)
         return await self._assertion(runtime, identity, task, needed)
@@ -431,6 +466,7 @@ class Authorizer:
             InvalidArgument: ``thread_id`` is empty or malformed.
             IdentityUnusable: agent identity is off or the identity has no binding.
             TaskUnavailable: the task cannot be registered now.
+            ThreadTaskBudgetExhausted: a new thread task is over a budget or the live cap.
         """
         runtime = self.runtime(identity)
         if caller is not None:
@@ -442,7 +478,12 @@ class Authorizer:
             raise IdentityUnusable(f"agent identity is disabled for identity {runtime.spec.name!r}")
         try:
             record = await self._identity_manager.current(runtime)
-            task = await self._tasks.task_for(runtime, record, task_slot(thread_id))
+            task = await self._tasks.task_for(
+                runtime,
+                record,
+                task_slot(thread_id),
+                _requester(caller),
+            )
         except _FALLBACK_ERRORS as exc:
             raise TaskUnavailable(
                 f"the task of thread {thread_id!r} could not be registered ({exc.reason}): "
@@ -471,8 +512,14 @@ class Authorizer:
     ) -> Rejection:
         """Handle a 401/403 on a header this broker issued: replace the task once, fleet-wide.
 
+        Only a header this broker minted is acted on: an assertion must verify with the identity's
+        key, a Bearer must be the account's current token. Acting (a new task, a token refresh) is
+        throttled fleet-wide to once per ``rejection_min_interval`` per slot, so neither a stream of
+        genuine reports nor a hostile caller can turn reports into registrations or refreshes.
+
         Raises:
-            InvalidArgument: a status other than 401/403, or a header that is not ours to judge.
+            InvalidArgument: a status other than 401/403, or an undecodable header.
+            ReportRefused: the header was not issued by this broker for this identity.
         """
         runtime = self.runtime(identity)
         spec = runtime.spec
@@ -483,49 +530,70 @@ class Authorizer:
             raise InvalidArgument("http_status must be 401 or 403")
         value = header_value.reveal()
         if value.startswith("Bearer "):
-            # The account's Bearer was refused: its source refreshes it (a login, once for the
-            # fleet) or re-reads it (a token file); the caller gets whatever is current then.
-            await runtime.bearer.rejected(Secret(value.removeprefix("Bearer ").strip()))
-            current = await self.authorize(spec.name, thread_id, caller=caller)
-            return Rejection(current, replaced=current.header_value != header_value)
+            return await self._bearer_rejected(
+                runtime,
+                thread_id,
+                Secret(value.removeprefix("Bearer ").strip()),
+                http_status,
+                caller,
+            )
         try:
             envelope = parse_assertion(value)
         except ProtocolError as exc:
             raise InvalidArgument(f"header_value: {exc.message}") from exc
         slot = task_slot(thread_id)
+        record = await self._identity_manager.current(runtime)
+        if envelope.agent_runtime_id != record.agent_runtime_id:
+            # A predecessor's header (rotation) or not ours at all: either way nothing is acted
+            # on, and the caller gets what is current.
+            self.counters["rejection_stale"] += 1
+            return Rejection(
+                await self.authorize(spec.name, thread_id, caller=caller), replaced=False
+            )
+        try:
+            verify_assertion(envelope, record.key.public_key_bytes)
+        except ProtocolError as exc:
+            self.counters["rejection_refused"] += 1
+            raise ReportRefused(
+                f"header_value was not issued by this broker for identity {spec.name!r} "
+                f"({exc.message}); only headers the broker handed out can be reported",
+                rule="report_not_ours",
+            ) from None
 
         async def replace() -> Rejection:
-            record = await self._identity_manager.current(runtime)
-            current = await self._tasks.peek(record, slot)
-            replaced = False
-            is_current = (
-                current is not None
-                and envelope.agent_runtime_id == record.agent_runtime_id
-                and current.task_id == envelope.task_id
+            current = await self._claim_replacement(record, slot, envelope.task_id)
+            if current is None:
+                # The fleet has moved on from the reported task (an older header, or another
+                # replica replaced it just now): hand out what is current.
+                self.drop(spec.name, slot)
+                return Rejection(await self.authorize(spec.name, thread_id), replaced=False)
+            gate = await self._store.acquire_lock(
+                spec.name,
+                f"replaced:{record.agent_runtime_id}:{slot}",
+                self._rejection_min_interval,
             )
-            last = self._last_replacement.get((spec.name, slot))
-            now = self._clock.monotonic()
-            if is_current and last is not None and now - last < self._rejection_min_interval:
+            if gate is None:
+                # This slot's task was replaced less than an interval ago, and now its successor
+                # is reported: throttled. Let go of the task so other reporters learn it at once.
+                await self._store.release_lock(spec.name, current.lock_name, current.token)
                 log.warning(
                     Event.TASK_REJECTION_THROTTLED,
                     identity=spec.name,
                     task_id=envelope.task_id,
                     http_status=http_status,
-                    retry_after_seconds=round(self._rejection_min_interval - (now - last), 1),
+                    retry_after_seconds=self._rejection_min_interval,
                 )
                 self.counters["rejection_throttled"] += 1
                 return Rejection(await self.authorize(spec.name, thread_id), replaced=False)
-            if is_current and current is not None:
-                self._last_replacement[(spec.name, slot)] = now
-                log.warning(
-                    Event.TASK_REJECTED,
-                    identity=spec.name,
-                    agent_runtime_id=record.agent_runtime_id,
-                    task_id=current.task_id,
-                    task_kind=current.kind.value,
-                    http_status=http_status,
-                )
-                replaced = await self._tasks.invalidate(record, current)
+            log.warning(
+                Event.TASK_REJECTED,
+                identity=spec.name,
+                agent_runtime_id=record.agent_runtime_id,
+                task_id=current.task.task_id,
+                task_kind=current.task.kind.value,
+                http_status=http_status,
+            )
+            replaced = await self._tasks.invalidate(record, current.task)
             self.drop(spec.name, slot)
             return Rejection(await self.authorize(spec.name, thread_id), replaced=replaced)
 
@@ -536,3 +604,74 @@ class Authorizer:
             self.check_delivery(caller, outcome.authorization)
         # Reports that joined another report's flight did not cause the replacement themselves.
         return outcome if leader else Rejection(outcome.authorization, replaced=False)
+
+    async def _claim_replacement(
+        self, record: IdentityRecord, slot: str, task_id: str
+    ) -> _Claim | None:
+        """Claim, fleet-wide, the replacement of ``task_id`` in ``slot``; ``None`` once it is gone.
+
+        One replica at a time may replace a given task (a lock named for it). A replica that
+        finds the claim taken waits until the slot no longer holds the task (the claimant deleted
+        it) or the claim is let go (the claimant was throttled), bounded by the registration wait.
+        """
+        name = f"replacing:{record.agent_runtime_id}:{slot}:{task_id}"
+        give_up_at = self._clock.monotonic() + self._tasks.wait_deadline
+        while True:
+            current = await self._tasks.peek(record, slot)
+            if current is None or current.task_id != task_id:
+                return None
+            token = await self._store.acquire_lock(record.name, name, self._rejection_min_interval)
+            if token is not None:
+                return _Claim(current, name, token)
+            if self._clock.monotonic() >= give_up_at:
+                return None
+            await asyncio.sleep(_CLAIM_POLL_S)
+
+    async def _await_new_bearer(self, runtime: IdentityRuntime, reported: Secret) -> None:
+        """Wait a moment (at most 2 s) for the account's token to move on from ``reported``.
+
+        A throttled report of the current token means a refresh started within the interval: most
+        often it is still running (many workers report one 401 at once), so the reporter waits for
+        its result rather than be handed the refused token, or a fallback built on it. If the token
+        was refreshed already and is refused again, the wait simply runs out.
+        """
+        wait = min(self._rejection_min_interval, _BEARER_WAIT_S)
+        for _ in range(max(1, round(wait / _BEARER_POLL_S))):
+            await asyncio.sleep(_BEARER_POLL_S)
+            latest = await runtime.bearer.reread()
+            if latest is None or latest != reported:
+                return
+
+    async def _bearer_rejected(
+        self,
+        runtime: IdentityRuntime,
+        thread_id: str,
+        reported: Secret,
+        http_status: int,
+        caller: CallerPolicy | None,
+    ) -> Rejection:
+        """The account's Bearer was refused: its source refreshes it (a login, once for the fleet)
+        or re-reads it (a token file), at most once per interval fleet-wide; the caller gets
+        whatever is current then. A token that is not the current one changes nothing."""
+        spec = runtime.spec
+        current = await runtime.bearer.token()
+        if current is not None and current == reported:
+            gate = await self._store.acquire_lock(
+                spec.name, "bearer-rejected", self._rejection_min_interval
+            )
+            if gate is not None:
+                await runtime.bearer.rejected(reported)
+            else:
+                log.warning(
+                    Event.BEARER_REJECTION_THROTTLED,
+                    identity=spec.name,
+                    http_status=http_status,
+                    retry_after_seconds=self._rejection_min_interval,
+                )
+                self.counters["rejection_throttled"] += 1
+                await self._await_new_bearer(runtime, reported)
+        else:
+            self.counters["rejection_stale"] += 1
+        answer = await self.authorize(spec.name, thread_id, caller=caller)
+        stale = Secret(f"Bearer {reported.reveal()}")
+        return Rejection(answer, replaced=answer.header_value != stale)

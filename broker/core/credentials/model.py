@@ -174,3 +174,36 @@ class AccountRecord:
     burned_refresh: str | None = None
     version: int = 1
     detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """A fleet-wide token bucket: ``burst`` tokens, one more every ``1 / per_second`` seconds.
+
+    Attributes:
+        name: what the bucket limits, as events and errors name it (``identity``,
+            ``caller:<name>``); also the tail of its store key.
+        per_second: sustained rate.
+        burst: tokens available at once.
+    """
+
+    name: str
+    per_second: float
+    burst: int
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why the store refused to admit a new thread task, and when asking again may succeed.
+
+    Attributes:
+        limit: the budget's name, or ``live_thread_tasks`` for the cap on live thread tasks.
+        retry_after: seconds until the refused request would be admitted.
+    """
+
+    limit: str
+    retry_after: float
+
+
+LIVE_THREAD_TASKS: Final = "live_thread_tasks"
+"""The :class:`Refusal` limit of the cap on an identity's live thread tasks."""

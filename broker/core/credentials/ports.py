@@ -7,11 +7,18 @@ Redis and HTTP without a line of difference.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from typing import Protocol
 
-from broker.core.credentials.model import AccountRecord, CachedAssertion, IdentityRecord, TaskRecord
+from broker.core.credentials.model import (
+    AccountRecord,
+    Budget,
+    CachedAssertion,
+    IdentityRecord,
+    Refusal,
+    TaskRecord,
+)
 from broker.core.protocol.login import LoginTokens
 from broker.secrets import Secret
 
@@ -119,6 +126,27 @@ class Store(Protocol):
         """Seconds left on the named marker, or ``None`` when it is not set."""
         ...
 
+    async def admit_thread_task(
+        self,
+        identity: str,
+        member: str,
+        *,
+        ttl_seconds: float,
+        live_cap: int,
+        budgets: Sequence[Budget],
+    ) -> Refusal | None:
+        """Admit one new thread task, fleet-wide and atomically, or say which limit refuses it.
+
+        Admission takes one token from every budget and records ``member`` as a live thread task
+        for ``ttl_seconds``; nothing is taken when any limit refuses. A member already live is
+        not counted twice against ``live_cap``.
+        """
+        ...
+
+    async def forget_thread_task(self, identity: str, member: str) -> None:
+        """Stop counting ``member`` as live (its task was deleted or never registered)."""
+        ...
+
     async def publish_invalidation(self, identity: str, slot: str) -> None:
         """Tell every replica that the task in ``slot`` of ``identity`` is dead."""
         ...
@@ -179,6 +207,10 @@ class BearerSource(Protocol):
 
     async def rejected(self, token: Secret) -> None:
         """A worker reports that the control plane refused ``token`` (401): refresh or re-read."""
+        ...
+
+    async def reread(self) -> Secret | None:
+        """The current token, read from its source now (no cache); never refreshes it."""
         ...
 
 

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
+from broker.core.credentials.model import Budget
 from broker.core.credentials.ports import BearerSource, ControlPlane, IdentitySource, LoginBinding
 from broker.core.protocol.urls import is_supported_host
 from broker.errors import InvalidArgument
@@ -31,6 +32,43 @@ class Source(enum.Enum):
     IMPORT = "import"
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ThreadTaskLimits:
+    """How many new thread tasks the fleet registers for one identity (each is a control-plane call).
+
+    Every thread id a caller has not used before costs a registration at the control plane, so
+    without limits one careless or hostile caller could make the account meet 429s (and open the
+    circuit) for every caller. Admission is fleet-wide (the store meters it, in Redis for a fleet)
+    and all or nothing; a rate of 0 switches that bucket off.
+
+    Attributes:
+        per_caller_rate: new thread tasks per second for one caller.
+        per_caller_burst: new thread tasks one caller may register at once.
+        per_identity_rate: new thread tasks per second for the identity, all callers together.
+        per_identity_burst: new thread tasks the identity may register at once.
+        max_live: thread tasks of the identity alive at once (each lives ``thread_task_ttl``).
+    """
+
+    per_caller_rate: float = 2.0
+    per_caller_burst: int = 60
+    per_identity_rate: float = 10.0
+    per_identity_burst: int = 200
+    max_live: int = 50_000
+
+    def budgets(self, caller: str | None) -> list[Budget]:
+        """The buckets a new thread task of ``caller`` draws on.
+
+        ``caller`` is ``None`` for the broker itself and for an open broker's anonymous callers,
+        which the identity's budget already bounds together.
+        """
+        budgets = []
+        if self.per_identity_rate > 0:
+            budgets.append(Budget("identity", self.per_identity_rate, self.per_identity_burst))
+        if caller is not None and self.per_caller_rate > 0:
+            budgets.append(Budget(f"caller:{caller}", self.per_caller_rate, self.per_caller_burst))
+        return budgets
+
+
 @dataclass(frozen=True, slots=True)
 class IdentitySpec:
     """Settings of one identity, as the credential core uses them.
@@ -47,6 +85,7 @@ class IdentitySpec:
         assertion_ttl: seconds an assertion is handed out after its timestamp.
         refresh_margin: an assertion is no longer handed out this long before it expires.
         thread_task_ttl: seconds a thread task is kept; ``None`` keeps it until rejected.
+        thread_limits: the budgets and cap on new thread tasks.
         abom: the agent bill of materials sent at registration (§4.4).
         source: register a key, or take one from an Agent Identity JWT or an imported record.
         bootstrap_cooldown: ``authapi`` profile: seconds the fleet stays on Bearer after a
@@ -64,6 +103,7 @@ class IdentitySpec:
     assertion_ttl: float = 60.0
     refresh_margin: float = 30.0
     thread_task_ttl: float | None = 24 * 3600.0
+    thread_limits: ThreadTaskLimits = field(default_factory=ThreadTaskLimits)
     abom: Mapping[str, str] = field(default_factory=dict)
     source: Source = Source.REGISTER
     bootstrap_cooldown: float = 3600.0

@@ -1,6 +1,7 @@
 """The admin servicer: ``credential_broker.v1.CredentialBrokerAdmin`` (admin callers only).
 
-The interceptor already refused callers without the admin right; this module converts and delegates.
+The interceptor already refused callers without the admin right; each method checks it again (fail
+closed: a server wired without the interceptor serves no one), converts and delegates.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from broker._proto.credential_broker.v1 import admin_pb2_grpc as apb_grpc
 from broker.core.credentials.admin import AdminOperations
 from broker.transport.grpc import convert
 from broker.transport.grpc.callers import CallerGate
-from broker.transport.grpc.servicer import answer
+from broker.transport.grpc.servicer import admitted, answer
 
 
 class AdminServicer(apb_grpc.CredentialBrokerAdminServicer):
@@ -28,6 +29,7 @@ class AdminServicer(apb_grpc.CredentialBrokerAdminServicer):
         context: grpc.aio.ServicerContext[apb.ListIdentitiesRequest, apb.ListIdentitiesResponse],
     ) -> apb.ListIdentitiesResponse:
         async def call() -> apb.ListIdentitiesResponse:
+            admitted().check_admin()  # fail closed even if wired without the interceptor
             states = await self._operations.list_identities()
             return apb.ListIdentitiesResponse(
                 identities=[
@@ -48,6 +50,7 @@ class AdminServicer(apb_grpc.CredentialBrokerAdminServicer):
         context: grpc.aio.ServicerContext[apb.RotateIdentityRequest, apb.RotateIdentityResponse],
     ) -> apb.RotateIdentityResponse:
         async def call() -> apb.RotateIdentityResponse:
+            admitted().check_admin()  # fail closed even if wired without the interceptor
             runtime, record, previous = await self._operations.rotate(request.identity)
             return apb.RotateIdentityResponse(
                 identity=convert.identity_to_proto(runtime, record, None),
@@ -62,6 +65,7 @@ class AdminServicer(apb_grpc.CredentialBrokerAdminServicer):
         context: grpc.aio.ServicerContext[apb.RevokeTaskRequest, apb.RevokeTaskResponse],
     ) -> apb.RevokeTaskResponse:
         async def call() -> apb.RevokeTaskResponse:
+            admitted().check_admin()  # fail closed even if wired without the interceptor
             task_id = await self._operations.revoke_task(request.identity, request.thread_id)
             return apb.RevokeTaskResponse(task_id=task_id or "")
 
@@ -73,6 +77,7 @@ class AdminServicer(apb_grpc.CredentialBrokerAdminServicer):
         context: grpc.aio.ServicerContext[apb.FlushCachesRequest, apb.FlushCachesResponse],
     ) -> apb.FlushCachesResponse:
         async def call() -> apb.FlushCachesResponse:
+            admitted().check_admin()  # fail closed even if wired without the interceptor
             return apb.FlushCachesResponse(
                 identities=await self._operations.flush(request.identity)
             )
@@ -85,6 +90,7 @@ class AdminServicer(apb_grpc.CredentialBrokerAdminServicer):
         context: grpc.aio.ServicerContext[apb.GetUsageRequest, apb.GetUsageResponse],
     ) -> apb.GetUsageResponse:
         async def call() -> apb.GetUsageResponse:
+            admitted().check_admin()  # fail closed even if wired without the interceptor
             return apb.GetUsageResponse(
                 callers=[
                     apb.CallerUsage(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -33,6 +34,9 @@ log = structlog.get_logger("broker.grpc")
 _Context = grpc.aio.ServicerContext[Any, Any]
 _Unary = Callable[[Any, _Context], Awaitable[Any]]
 _Stream = Callable[[Any, _Context], AsyncIterator[Any]]
+# A streaming handler may also be a coroutine that sends with ``context.write`` (grpc's own health
+# servicer's Watch is one); grpc.aio tells the two kinds apart by inspecting the handler.
+_Writer = Callable[[Any, _Context], Awaitable[None]]
 
 _QUIET_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
@@ -103,13 +107,13 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(method, cast("_Stream", handler.unary_stream)),
+                self._wrap_stream(method, handler.unary_stream),
                 request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_stream is not None:
             return grpc.stream_stream_rpc_method_handler(
-                self._wrap_stream(method, cast("_Stream", handler.stream_stream)),
+                self._wrap_stream(method, handler.stream_stream),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
@@ -176,10 +180,26 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
 
         return unary
 
-    def _wrap_stream(self, method: str, inner: _Stream) -> _Stream:
+    def _wrap_stream(self, method: str, inner: Callable[..., Any]) -> _Stream | _Writer:
+        """A wrapper of the same kind as ``inner``: an async generator, or a writing coroutine.
+
+        grpc.aio iterates an async-generator handler and awaits a coroutine one; wrapping a
+        coroutine in a generator would iterate a coroutine (UNKNOWN for every caller).
+        """
+        if inspect.iscoroutinefunction(inner):
+            writer = cast("_Writer", inner)
+
+            async def write(request: Any, context: _Context) -> None:
+                async with self._rpc(method, context, request):
+                    await writer(request, context)
+
+            return write
+
+        generator = cast("_Stream", inner)
+
         async def stream(request: Any, context: _Context) -> AsyncIterator[Any]:
             async with self._rpc(method, context, request):
-                async for item in inner(request, context):
+                async for item in generator(request, context):
                     yield item
 
         return stream

@@ -14,7 +14,7 @@ import structlog
 
 from broker._proto.credential_broker.v1 import broker_pb2 as pb
 from broker._proto.credential_broker.v1 import broker_pb2_grpc as pb_grpc
-from broker.core.callers import CallerDenied
+from broker.core.callers import CallerDenied, CallerPolicy, Unauthenticated
 from broker.core.credentials.authorizer import Authorizer
 from broker.core.credentials.model import Authorization
 from broker.errors import BrokerError
@@ -30,6 +30,25 @@ _RESPONSE_CACHE_MAX = 10_000
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
+
+
+def admitted() -> CallerPolicy:
+    """The caller the interceptor admitted for this RPC; none at all is refused, never trusted.
+
+    Every worker-facing method needs a caller (``LOCAL_CALLER`` stands for one on an open,
+    loopback-only broker). A call that reached the servicer without one (a server wired without
+    the caller interceptor, a method added to the open list by mistake) fails closed.
+
+    Raises:
+        Unauthenticated: no caller was admitted.
+    """
+    caller = CURRENT_CALLER.get()
+    if caller is None:
+        raise Unauthenticated(
+            "no caller was admitted for this call; the broker refuses it rather than trust it",
+            rule="no_caller",
+        )
+    return caller
 
 
 async def abort_for(
@@ -96,7 +115,7 @@ class BrokerServicer(pb_grpc.CredentialBrokerServicer):
                 request.thread_id,
                 convert.mode_from_proto(request.mode),
                 convert.seconds_from_duration(request.min_remaining, "min_remaining"),
-                CURRENT_CALLER.get(),
+                admitted(),
             )
             return self._response(authorization)
 
@@ -115,7 +134,7 @@ class BrokerServicer(pb_grpc.CredentialBrokerServicer):
                 request.thread_id,
                 convert.mode_from_proto(request.mode),
                 convert.seconds_from_duration(request.min_remaining, "min_remaining"),
-                CURRENT_CALLER.get(),
+                admitted(),
             )
             async for authorization in updates:
                 yield pb.WatchAuthorizationResponse(
@@ -133,7 +152,7 @@ class BrokerServicer(pb_grpc.CredentialBrokerServicer):
     ) -> pb.EnsureTaskResponse:
         async def call() -> pb.EnsureTaskResponse:
             runtime, task = await self._authorizer.ensure_task(
-                request.identity, request.thread_id, CURRENT_CALLER.get()
+                request.identity, request.thread_id, admitted()
             )
             return pb.EnsureTaskResponse(task=convert.task_to_proto(runtime.spec.name, task))
 
@@ -150,7 +169,7 @@ class BrokerServicer(pb_grpc.CredentialBrokerServicer):
                 request.thread_id,
                 Secret(request.header_value),
                 request.http_status,
-                CURRENT_CALLER.get(),
+                admitted(),
             )
             return pb.ReportRejectionResponse(
                 authorization=convert.authorization_to_proto(outcome.authorization),
@@ -166,7 +185,7 @@ class BrokerServicer(pb_grpc.CredentialBrokerServicer):
     ) -> pb.GetIdentityResponse:
         async def call() -> pb.GetIdentityResponse:
             runtime, record, background = await self._authorizer.describe(
-                request.identity, CURRENT_CALLER.get()
+                request.identity, admitted()
             )
             return pb.GetIdentityResponse(
                 identity=convert.identity_to_proto(runtime, record, background)
