@@ -240,13 +240,17 @@ class TestCorruptValues:
     async def test_public_key_mismatch(
         self, store: RedisStore, raw: redis.asyncio.Redis, identity_name: str, log_output: Logs
     ) -> None:
-        """An identity whose public key does not match its private key is discarded."""
+        """An identity whose public key does not match its private key is discarded.
+
+        The public key is bound into the private key's seal, so the change is caught as tampering
+        before the keys are compared (``test_sealed_binding.py`` covers every bound field).
+        """
         key = keys.identity_key(identity_name)
         await store.save_identity(make_identity(identity_name))
         other = AgentKey.generate(bytes(range(100, 164)))
         await raw.hset(key, "public_key_ssh", other.public_key_ssh)
         assert await store.load_identity(identity_name) is None
-        await self.assert_discarded(raw, log_output, key, "does not match the private key")
+        await self.assert_discarded(raw, log_output, key, "sealed value fails authentication")
 
     async def test_bad_task(
         self, store: RedisStore, raw: redis.asyncio.Redis, identity_name: str, log_output: Logs

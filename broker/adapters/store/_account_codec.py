@@ -1,4 +1,5 @@
-"""Login records <-> Redis HASH fields: the three tokens sealed together, public facts in clear."""
+"""Login records <-> Redis HASH fields: the three tokens sealed together, public facts in clear
+and bound into the seal (see :func:`~broker.adapters.store._codec.sealed_associated_data`)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,14 @@ import json
 from collections.abc import Mapping
 from typing import Final
 
-from broker.adapters.store._codec import _open, _text, _timestamp, field_associated_data, iso
+from broker.adapters.store._codec import (
+    _open,
+    _text,
+    _timestamp,
+    iso,
+    seal_bound,
+    sealed_associated_data,
+)
 from broker.core.credentials.model import AccountRecord, AccountState
 from broker.core.credentials.ports import Sealer
 from broker.core.protocol.login import LoginFormatError, tokens_from
@@ -25,8 +33,7 @@ def encode_account(record: AccountRecord, key: str, sealer: Sealer) -> dict[str,
         },
         separators=(",", ":"),
     ).encode()
-    return {
-        TOKENS_FIELD: sealer.seal(tokens, field_associated_data(key, TOKENS_FIELD)),
+    plain = {
         "account_id": record.tokens.account_id.encode(),
         "user_id": (record.tokens.user_id or "").encode(),
         "access_expires_at": iso(record.tokens.access_expires_at, "access_expires_at").encode(),
@@ -36,6 +43,7 @@ def encode_account(record: AccountRecord, key: str, sealer: Sealer) -> dict[str,
         "version": str(record.version).encode(),
         "detail": record.detail.encode(),
     }
+    return seal_bound(plain, TOKENS_FIELD, tokens, key, sealer)
 
 
 def decode_account(
@@ -49,7 +57,7 @@ def decode_account(
     sealed = fields.get(TOKENS_FIELD)
     if sealed is None:
         raise StoreCorrupt("field 'tokens' is missing")
-    plain = _open(sealer, sealed, field_associated_data(key, TOKENS_FIELD), TOKENS_FIELD)
+    plain = _open(sealer, sealed, sealed_associated_data(key, TOKENS_FIELD, fields), TOKENS_FIELD)
     try:
         tokens = json.loads(plain)
         login = tokens_from(tokens["access_token"], tokens["refresh_token"], tokens["id_token"])

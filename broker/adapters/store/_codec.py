@@ -41,6 +41,41 @@ def field_associated_data(key: str, field: str) -> bytes:
     return f"{key}\x00{field}".encode()
 
 
+BOUND_FIELD: Final = "bound"
+"""Names, comma-separated, the plain fields of a record bound into its sealed field."""
+
+
+def sealed_associated_data(key: str, field: str, fields: Mapping[str, bytes]) -> bytes:
+    """The associated data of the sealed ``field`` of a hash record whose fields are ``fields``.
+
+    The plain fields beside a sealed one (a login's ``state``, ``version``, ``burned_refresh``; an
+    identity's runtime id, account and source) are bound into it: the writer names them in
+    ``bound`` and their values, length-prefixed in that order, join the key and field names in the
+    associated data. Anyone who can write Redis but lacks the KEK can then neither flip one of them
+    nor shorten the list: the sealed field stops opening and the record is judged corrupt. A record
+    without ``bound`` was written before fields were bound and opens with the key and field names
+    alone; a bound record cannot be turned into one (its seal does not open without the list).
+    Replaying a whole, older record is not detected here: it needs state outside Redis.
+    """
+    listed = fields.get(BOUND_FIELD)
+    if not listed:
+        return field_associated_data(key, field)
+    parts = [field_associated_data(key, field), b"\x00", listed]
+    for name in listed.decode("utf-8", errors="replace").split(","):
+        value = fields.get(name, b"")
+        parts += [b"\x00", str(len(value)).encode(), b":", value]
+    return b"".join(parts)
+
+
+def seal_bound(
+    fields: dict[str, bytes], field: str, plaintext: bytes, key: str, sealer: Sealer
+) -> dict[str, bytes]:
+    """``fields`` (the record's plain fields) plus ``bound`` and ``field`` sealed over them all."""
+    fields[BOUND_FIELD] = ",".join(sorted(fields)).encode()
+    fields[field] = sealer.seal(plaintext, sealed_associated_data(key, field, fields))
+    return fields
+
+
 def _text(fields: Mapping[str, bytes], name: str) -> str:
     value = fields.get(name)
     if value is None:
@@ -94,14 +129,13 @@ def encode_identity(record: IdentityRecord, key: str, sealer: Sealer) -> dict[st
     fields = {
         "runtime_id": record.agent_runtime_id.encode(),
         "public_key_ssh": record.key.public_key_ssh.encode("ascii"),
-        PRIVATE_KEY_FIELD: sealer.seal(private_key, field_associated_data(key, PRIVATE_KEY_FIELD)),
         "account_id": record.account_id.encode(),
         "registered_at": iso(record.registered_at, "registered_at").encode("ascii"),
         "source": record.source.encode(),
     }
     if record.user_id is not None:
         fields["user_id"] = record.user_id.encode()
-    return fields
+    return seal_bound(fields, PRIVATE_KEY_FIELD, private_key, key, sealer)
 
 
 def decode_identity(
@@ -116,7 +150,8 @@ def decode_identity(
         if name not in fields:
             raise StoreCorrupt(f"field {name!r} is missing")
     sealed = fields[PRIVATE_KEY_FIELD]
-    pkcs8 = _open(sealer, sealed, field_associated_data(key, PRIVATE_KEY_FIELD), PRIVATE_KEY_FIELD)
+    associated_data = sealed_associated_data(key, PRIVATE_KEY_FIELD, fields)
+    pkcs8 = _open(sealer, sealed, associated_data, PRIVATE_KEY_FIELD)
     try:
         agent_key = AgentKey.from_pkcs8_base64(pkcs8.decode("ascii"))
     except (UnicodeDecodeError, KeyFormatError):

@@ -27,7 +27,7 @@ from redis.exceptions import ResponseError
 from broker.adapters.sealing import KekSealer
 from broker.adapters.store import keys
 from broker.adapters.store._account_codec import TOKENS_FIELD
-from broker.adapters.store._codec import PRIVATE_KEY_FIELD, field_associated_data
+from broker.adapters.store._codec import PRIVATE_KEY_FIELD, sealed_associated_data
 from broker.adapters.store._redis_client import RedisClient
 from broker.errors import SealingError
 from broker.events import Event
@@ -92,6 +92,10 @@ def _is_wrong_type(exc: ResponseError) -> bool:
     return "WRONGTYPE" in str(exc)
 
 
+def _text(name: object) -> str:
+    return name.decode(errors="replace") if isinstance(name, bytes) else str(name)
+
+
 async def reseal_all(client: RedisClient, sealer: KekSealer) -> ResealReport:
     """Re-seal every private key, login and cached assertion under ``sealer``'s primary KEK.
 
@@ -122,9 +126,17 @@ async def reseal_all(client: RedisClient, sealer: KekSealer) -> ResealReport:
         field = _SEALED_HASH_FIELDS.get(parsed.kind)
         if field is None and parsed.kind is not keys.KeyKind.ASSERTION:
             continue  # holds no secret
-        associated_data = key.encode() if field is None else field_associated_data(key, field)
         try:
-            sealed = await (client.get(key) if field is None else client.hget(key, field))
+            if field is None:
+                sealed = await client.get(key)
+                associated_data = key.encode()
+            else:
+                record = {
+                    _text(name): value if isinstance(value, bytes) else str(value).encode()
+                    for name, value in (await client.hgetall(key)).items()
+                }
+                sealed = record.get(field)
+                associated_data = sealed_associated_data(key, field, record)
             if not isinstance(sealed, bytes):
                 continue  # gone since the scan, or a record without a sealed field
             report.scanned += 1
