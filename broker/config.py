@@ -303,6 +303,7 @@ _CALLER_KEYS: Final = frozenset(
         "admin",
         "rate_limit",
         "burst",
+        "share_threads",
     }
 )
 _SHA256_HEX: Final = re.compile(r"[0-9a-f]{64}")
@@ -310,6 +311,8 @@ _SHA256_HEX: Final = re.compile(r"[0-9a-f]{64}")
 
 def _caller(name: str, table: Mapping[str, Any]) -> CallerPolicy:
     where = f"callers.{name}"
+    if not name.isprintable() or not 0 < len(name) <= 64:
+        raise ConfigError(f"{where}: a caller name is 1 to 64 printable characters")
     unknown = sorted(set(table) - _CALLER_KEYS)
     if unknown:
         raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)}")
@@ -339,6 +342,7 @@ def _caller(name: str, table: Mapping[str, Any]) -> CallerPolicy:
         else 0.0,
         token_sha256=str(token_hash).lower() if token_hash is not None else None,
         cert_names=tuple(cert_names),
+        share_threads=_bool(f"{where}.share_threads", table.get("share_threads", False)),
     )
 
 

@@ -78,6 +78,9 @@ class CallerPolicy:
         burst: bucket size of the rate limit.
         token_sha256: hex SHA-256 of its token, if it authenticates by token.
         cert_names: certificate CN/SAN values that name it, if it authenticates by mTLS.
+        share_threads: its thread ids name the same tasks as every other sharing caller's; by
+            default a caller's threads are its own (another caller's same thread id is another
+            task), so no caller can use, or report and replace, a thread task it did not start.
     """
 
     name: str
@@ -89,6 +92,12 @@ class CallerPolicy:
     burst: float = 0.0
     token_sha256: str | None = None
     cert_names: tuple[str, ...] = ()
+    share_threads: bool = False
+
+    @property
+    def thread_scope(self) -> str | None:
+        """The namespace of this caller's thread ids (``None``: the shared one)."""
+        return None if self.share_threads else self.name
 
     def may_use(self, identity: str) -> bool:
         """Whether the policy admits ``identity``."""
@@ -125,7 +134,10 @@ class CallerPolicy:
 
 # With no callers configured the broker serves loopback only (checked at start) to one implicit,
 # fully trusted local caller: the development set-up.
-LOCAL_CALLER = CallerPolicy(name="local", bearer_fallback=True, bearer_only=True, admin=True)
+# The one caller of an open (callers-less, loopback) broker: everyone is it, so threads are shared.
+LOCAL_CALLER = CallerPolicy(
+    name="local", bearer_fallback=True, bearer_only=True, admin=True, share_threads=True
+)
 
 
 class _Bucket:

@@ -37,6 +37,7 @@ from broker.core.callers import LOCAL_CALLER, CallerPolicy, ReportRefused
 from broker.core.credentials.fallback import BOOTSTRAP_COOLDOWN, FallbackPolicy
 from broker.core.credentials.identity import IdentityManager
 from broker.core.credentials.model import (
+    THREAD_SCOPE,
     Authorization,
     CachedAssertion,
     FallbackReason,
@@ -44,6 +45,8 @@ from broker.core.credentials.model import (
     Mode,
     Scheme,
     TaskRecord,
+    scoped_thread,
+    split_thread,
     task_slot,
 )
 from broker.core.credentials.ports import Clock, Store
@@ -85,6 +88,11 @@ _BEARER_POLL_S = 0.1
 
 # Errors on the way to an assertion that the protocol answers with a Bearer fallback (§8.1).
 _FALLBACK_ERRORS = (ControlPlaneError, ProtocolError, IdentityUnusable, NoBearerToken)
+
+
+def _scoped(thread_id: str, caller: CallerPolicy | None) -> str:
+    """The broker's name for ``thread_id`` as ``caller`` uses it (its own namespace by default)."""
+    return scoped_thread(thread_id, caller.thread_scope if caller is not None else None)
 
 
 def _requester(caller: CallerPolicy | None) -> str | None:
@@ -212,6 +220,10 @@ class Authorizer:
             ThreadTaskBudgetExhausted: a new thread task is over a budget or the live cap.
             StoreUnavailable: shared state is unreachable and nothing valid is cached.
         """
+        if thread_id:
+            if THREAD_SCOPE in thread_id:
+                validate_thread_id(thread_id)  # refuses it: only the broker writes a scope
+            thread_id = _scoped(thread_id, caller)
         # Hot path: an L1 entry exists only for a validated (identity, thread) and only holds
         # assertions, so a fresh hit needs no validation, no store round trip and no signature.
         if mode is Mode.DEFAULT and min_remaining >= 0.0:
@@ -226,6 +238,17 @@ class Authorizer:
                 caller.check_bearer_only()
         authorization = await self._authorize(
             identity, thread_id, mode, min_remaining, _requester(caller)
+        )
+        if caller is not None:
+            self.check_delivery(caller, authorization)
+        return authorization
+
+    async def _current(
+        self, name: str, thread_id: str, caller: CallerPolicy | None = None
+    ) -> Authorization:
+        """What the slot should use now, for a thread id already validated and scoped."""
+        authorization = await self._authorize(
+            name, thread_id, Mode.DEFAULT, 0.0, _requester(caller)
         )
         if caller is not None:
             self.check_delivery(caller, authorization)
@@ -259,7 +282,7 @@ class Authorizer:
     ) -> Authorization:
         runtime = self.runtime(identity)
         spec = runtime.spec
-        validate_thread_id(thread_id)
+        validate_thread_id(split_thread(thread_id)[1])
         if min_remaining < 0 or min_remaining > spec.assertion_ttl - spec.refresh_margin:
             raise InvalidArgument(
                 "min_remaining must be between 0 and "
@@ -435,7 +458,12 @@ class Authorizer:
         once, up front, so a malformed or forbidden watch fails at once.
         """
         first = await self.authorize(identity, thread_id, mode, min_remaining, caller)
-        key: WatchKey = (first.identity, task_slot(thread_id), mode.value, min_remaining)
+        key: WatchKey = (
+            first.identity,
+            task_slot(_scoped(thread_id, caller)),
+            mode.value,
+            min_remaining,
+        )
         async for authorization in self._hub.watch(key):
             if caller is not None:
                 self.check_delivery(caller, authorization)
@@ -473,7 +501,7 @@ class Authorizer:
             caller.check_identity(runtime.spec.name)
         if not thread_id:
             raise InvalidArgument("thread_id is required")
-        validate_thread_id(thread_id)
+        thread_id = _scoped(validate_thread_id(thread_id), caller)
         if not runtime.spec.enabled:
             raise IdentityUnusable(f"agent identity is disabled for identity {runtime.spec.name!r}")
         try:
@@ -525,7 +553,7 @@ class Authorizer:
         spec = runtime.spec
         if caller is not None:
             caller.check_identity(spec.name)
-        validate_thread_id(thread_id)
+        thread_id = _scoped(validate_thread_id(thread_id), caller)
         if http_status not in (401, 403):
             raise InvalidArgument("http_status must be 401 or 403")
         value = header_value.reveal()
@@ -547,9 +575,7 @@ class Authorizer:
             # A predecessor's header (rotation) or not ours at all: either way nothing is acted
             # on, and the caller gets what is current.
             self.counters["rejection_stale"] += 1
-            return Rejection(
-                await self.authorize(spec.name, thread_id, caller=caller), replaced=False
-            )
+            return Rejection(await self._current(spec.name, thread_id, caller), replaced=False)
         try:
             verify_assertion(envelope, record.key.public_key_bytes)
         except ProtocolError as exc:
@@ -566,7 +592,7 @@ class Authorizer:
                 # The fleet has moved on from the reported task (an older header, or another
                 # replica replaced it just now): hand out what is current.
                 self.drop(spec.name, slot)
-                return Rejection(await self.authorize(spec.name, thread_id), replaced=False)
+                return Rejection(await self._current(spec.name, thread_id), replaced=False)
             gate = await self._store.acquire_lock(
                 spec.name,
                 f"replaced:{record.agent_runtime_id}:{slot}",
@@ -584,7 +610,7 @@ class Authorizer:
                     retry_after_seconds=self._rejection_min_interval,
                 )
                 self.counters["rejection_throttled"] += 1
-                return Rejection(await self.authorize(spec.name, thread_id), replaced=False)
+                return Rejection(await self._current(spec.name, thread_id), replaced=False)
             log.warning(
                 Event.TASK_REJECTED,
                 identity=spec.name,
@@ -595,7 +621,7 @@ class Authorizer:
             )
             replaced = await self._tasks.invalidate(record, current.task)
             self.drop(spec.name, slot)
-            return Rejection(await self.authorize(spec.name, thread_id), replaced=replaced)
+            return Rejection(await self._current(spec.name, thread_id), replaced=replaced)
 
         outcome, leader = await self._replacements.do_and_tell(
             (spec.name, slot, envelope.task_id), replace
@@ -672,6 +698,6 @@ class Authorizer:
                 await self._await_new_bearer(runtime, reported)
         else:
             self.counters["rejection_stale"] += 1
-        answer = await self.authorize(spec.name, thread_id, caller=caller)
+        answer = await self._current(spec.name, thread_id, caller)
         stale = Secret(f"Bearer {reported.reveal()}")
         return Rejection(answer, replaced=answer.header_value != stale)

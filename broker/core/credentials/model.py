@@ -47,6 +47,34 @@ class Mode(enum.Enum):
     BEARER_ONLY = "bearer_only"
 
 
+THREAD_SCOPE: Final = "\x1f"
+"""Separates a caller's scope from its thread id in a scoped thread id (never in a valid id)."""
+
+
+def scoped_thread(thread_id: str, scope: str | None) -> str:
+    """The broker's name for a caller's thread: ``<US><scope><US><thread_id>``, or the id itself.
+
+    Thread ids hold no control characters (they are validated first), so a scoped id never equals
+    an unscoped one and two scopes never share a name.
+    """
+    if not thread_id or scope is None:
+        return thread_id
+    return f"{THREAD_SCOPE}{scope}{THREAD_SCOPE}{thread_id}"
+
+
+def split_thread(thread_id: str) -> tuple[str | None, str]:
+    """(scope, thread id as its caller wrote it) of a possibly scoped thread id."""
+    if not thread_id.startswith(THREAD_SCOPE):
+        return None, thread_id
+    _, scope, written = thread_id.split(THREAD_SCOPE, 2)
+    return scope, written
+
+
+def public_thread(thread_id: str) -> str:
+    """The thread id as its caller wrote it (the scope removed)."""
+    return split_thread(thread_id)[1]
+
+
 def task_slot(thread_id: str | None) -> str:
     """The store slot of a task: ``background`` or ``thread:<thread_id>``."""
     return BACKGROUND if not thread_id else f"thread:{thread_id}"

@@ -17,6 +17,7 @@ from broker.core.credentials.model import (
     Scheme,
     TaskKind,
     TaskRecord,
+    public_thread,
 )
 from broker.core.credentials.spec import IdentityRuntime
 from broker.errors import InvalidArgument
@@ -94,7 +95,7 @@ def authorization_to_proto(authorization: Authorization) -> pb.Authorization:
         expires_at=_timestamp(authorization.expires_at),
         fallback_reason=_FALLBACKS[authorization.fallback_reason],
         headers=authorization.companion_headers,
-        thread_id=authorization.thread_id,
+        thread_id=public_thread(authorization.thread_id),
     )
 
 
@@ -105,7 +106,7 @@ def task_to_proto(identity: str, task: TaskRecord) -> pb.Task:
         agent_runtime_id=task.agent_runtime_id,
         task_id=task.task_id,
         task_kind=_TASK_KINDS[task.kind],
-        thread_id=task.thread_id or "",
+        thread_id=public_thread(task.thread_id or ""),
         registered_at=_timestamp(task.registered_at),
     )
 
