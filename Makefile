@@ -117,6 +117,8 @@ test-fast: $(STAMP) redis-server
 bench: $(STAMP) redis-server
 	$(BIN)/python -m bench $(BENCH_ARGS)
 	$(BIN)/python -m bench.watch_streams --streams 10000
+	$(BIN)/python -m bench.workers
+	$(BIN)/python -m bench.cold_fleet
 
 clean:
 	rm -rf $(VENV) $(LATEST) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -19,29 +19,32 @@ from broker._proto.credential_broker.v1 import broker_pb2_grpc as pb_grpc
 _CALL_TIMEOUT_S = 30.0
 
 
-def get_authorization(port: int, name: str) -> bytes:
+def get_authorization(port: int, name: str, token: str | None = None) -> bytes:
     """One ``GetAuthorization`` (the benchmark's request) to ``127.0.0.1:port``; the response bytes.
+
+    ``token`` is a caller token, sent as ``authorization: Bearer <token>`` metadata.
 
     Raises:
         BenchError: the call failed.
     """
     request = payload.request()
+    metadata = payload.caller_metadata(token)
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = pb_grpc.CredentialBrokerStub(channel)
         try:
-            response = stub.GetAuthorization(request, timeout=_CALL_TIMEOUT_S)
+            response = stub.GetAuthorization(request, timeout=_CALL_TIMEOUT_S, metadata=metadata)
         except grpc.RpcError as exc:  # the sync client's error text holds status and details
             raise BenchError(f"sanity call to {name} failed: {exc}") from exc
     return response.SerializeToString()
 
 
-def check_broker(port: int, name: str) -> bytes:
+def check_broker(port: int, name: str, token: str | None = None) -> bytes:
     """Call the broker and check it answered an assertion for the background task (warming L1).
 
     Raises:
         BenchError: the call failed or the answer is not a background-task assertion.
     """
-    raw = get_authorization(port, name)
+    raw = get_authorization(port, name, token)
     authorization = pb.GetAuthorizationResponse.FromString(raw).authorization
     problems = []
     if authorization.scheme != pb.SCHEME_AGENT_ASSERTION:
@@ -81,7 +84,12 @@ def serve_seconds_left(raw: bytes, refresh_margin: float) -> float:
 
 
 def warm_window(
-    port: int, name: str, refresh_margin: float, needed: float, progress: Callable[[str], None]
+    port: int,
+    name: str,
+    refresh_margin: float,
+    needed: float,
+    progress: Callable[[str], None],
+    token: str | None = None,
 ) -> tuple[float, float]:
     """Warm the broker and make sure its cached assertion stays servable for ``needed`` seconds.
 
@@ -95,7 +103,7 @@ def warm_window(
     Raises:
         BenchError: a call failed or the answer is not a background-task assertion.
     """
-    left = serve_seconds_left(check_broker(port, name), refresh_margin)
+    left = serve_seconds_left(check_broker(port, name, token), refresh_margin)
     if left >= needed:
         return left, 0.0
     waited = max(left, 0.0) + 0.5
@@ -104,4 +112,4 @@ def warm_window(
         "waiting for the refresh so that the run does not straddle it"
     )
     time.sleep(waited)  # the broker refreshes on demand once the window has passed
-    return serve_seconds_left(check_broker(port, name), refresh_margin), waited
+    return serve_seconds_left(check_broker(port, name, token), refresh_margin), waited

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -101,9 +102,18 @@ def read_latencies(log_file: Path) -> list[float]:
 
 
 def run_h2load(
-    binary: str, port: int, body: Path, settings: LoadSettings, workdir: Path, label: str
+    binary: str,
+    port: int,
+    body: Path,
+    settings: LoadSettings,
+    workdir: Path,
+    label: str,
+    *,
+    headers: Sequence[str] = (),
 ) -> LoadResult:
     """Run one bounded load against ``127.0.0.1:port`` and return what it measured.
+
+    ``headers`` are extra request headers (``name: value``), e.g. a caller's authorization.
 
     Raises:
         BenchError: h2load failed, timed out, or not every request succeeded.
@@ -117,6 +127,7 @@ def run_h2load(
         *("-d", str(body)),
         *("-H", "content-type: application/grpc"),
         *("-H", "te: trailers"),
+        *(arg for header in headers for arg in ("-H", header)),
         *("--log-file", str(log_file)),
         f"http://127.0.0.1:{port}{METHOD_PATH}",
     ]

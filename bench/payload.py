@@ -24,3 +24,13 @@ def grpc_frame(message: bytes) -> bytes:
 def request_body() -> bytes:
     """The HTTP/2 DATA that ``h2load -d`` posts for each request."""
     return grpc_frame(request().SerializeToString())
+
+
+def caller_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    """The gRPC metadata a caller with ``token`` sends (none without a token)."""
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+def caller_headers(token: str | None) -> tuple[str, ...]:
+    """The same as h2load request headers."""
+    return tuple(f"{name}: {value}" for name, value in caller_metadata(token))

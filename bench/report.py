@@ -6,9 +6,10 @@ import dataclasses
 import json
 from typing import Any
 
-from bench.model import BenchConfig, Figure, ServerFigure
+from bench.model import BenchConfig, BrokerFigure, ServerFigure
 
-_STORES = {"redis": "Redis store", "embedded": "embedded store"}
+_CEILINGS = {"bare": "bare grpc.aio + uvloop", "stack_echo": "broker's stack, echo"}
+_NAME_WIDTH = 38
 
 
 def jsonable(value: Any) -> Any:
@@ -32,25 +33,29 @@ def to_json(result: dict[str, Any], warnings: list[str]) -> str:
 def warnings_for(result: dict[str, Any]) -> list[str]:
     """Findings worth a warning that do not make the benchmark fail."""
     config: BenchConfig = result["config"]
-    figures: dict[str, Figure] = result["figures"]
+    brokers: dict[str, BrokerFigure] = result["brokers"]
     found: list[str] = []
-    for key, figure in figures.items():
-        warm = figure.warm_path
-        if key == "redis" and not figure.meets_target:
+    for figure in brokers.values():
+        warm, ratio = figure.warm_path, figure.vs_bare
+        if not figure.meets_target:
             found.append(
-                f"broker/echo on the {_STORES[key]} is {figure.ratio:.2f}, below the "
-                f"{config.target_ratio:.2f} target"
+                f"{figure.label}: broker/bare {ratio.req_per_s:.2f} (target >= "
+                f"{config.target_ratio:.2f}), p99 {ratio.p99:.2f}x the bare stack's "
+                f"(at most {config.p99_tolerance:.2f}x)"
             )
         if warm.redis_commands:
             found.append(
-                f"the warm path made {warm.redis_commands} Redis commands "
+                f"{figure.label}: the warm path made {warm.redis_commands} Redis commands "
                 f"({_pairs(warm.redis_commands_by_name)}); expected 0"
             )
         if warm.assertion_minted:
-            found.append(f"the warm path signed {warm.assertion_minted} assertions; expected 0")
+            found.append(
+                f"{figure.label}: the warm path signed {warm.assertion_minted} assertions; "
+                "expected 0"
+            )
         if warm.runs_outlasting_serve_window:
             found.append(
-                f"{warm.runs_outlasting_serve_window} {key} broker run(s) outlasted the cached "
+                f"{figure.label}: {warm.runs_outlasting_serve_window} run(s) outlasted the cached "
                 "assertion's serve window: a refresh during them is the broker's normal behaviour"
             )
     return found
@@ -60,28 +65,28 @@ def _pairs(counts: dict[str, int]) -> str:
     return ", ".join(f"{k} {v:,}" for k, v in counts.items()) or "none"
 
 
-def _row(store: str, server: str, figure: ServerFigure) -> str:
+def _row(name: str, figure: ServerFigure) -> str:
     runs = " / ".join(f"{r.load.req_per_s:,.0f}" for r in figure.runs)
     cpu = "-" if figure.cpu_us_per_request is None else f"{figure.cpu_us_per_request:,.0f}"
     return (
-        f"{store:<10}{server:<16}{figure.req_per_s:>7,.0f}  {runs:<23}"
+        f"{name:<{_NAME_WIDTH}}{figure.req_per_s:>7,.0f}  {runs:<25}"
         f"{figure.p50_ms:>7.2f}{figure.p99_ms:>8.2f}{figure.mean_ms:>8.2f}{cpu:>11}"
     )
 
 
-def _ratio_row(figure: Figure, config: BenchConfig) -> str:
-    line = f"{'':<10}{'broker/echo':<16}{figure.ratio:>7.2f}"
-    if figure.store == "redis":
-        verdict = "met" if figure.meets_target else "BELOW TARGET"
-        line += f"  target >= {config.target_ratio:.2f}: {verdict}"
-    if figure.cpu_ratio is not None:
-        line += f"  (CPU per request, echo/broker: {figure.cpu_ratio:.2f})"
-    return line
+def _ratio_row(figure: BrokerFigure, config: BenchConfig) -> str:
+    bare, echo = figure.vs_bare, figure.vs_stack_echo
+    cpu = "-" if bare.cpu is None else f"{bare.cpu:.2f}"
+    verdict = "met" if figure.meets_target else "BELOW TARGET"
+    return (
+        f"{figure.label:<{_NAME_WIDTH}}{bare.req_per_s:>11.2f}{echo.req_per_s:>13.2f}"
+        f"{bare.p99:>12.2f}{echo.p99:>12.2f}{cpu:>10}   {verdict}"
+    )
 
 
-def _warm_lines(key: str, figure: Figure, excluded_names: dict[str, str]) -> list[str]:
+def _warm_lines(figure: BrokerFigure, excluded_names: dict[str, str]) -> list[str]:
     warm = figure.warm_path
-    lines = [f"warm path, broker on the {_STORES[key]} ({warm.requests:,} requests):"]
+    lines = [f"warm path, {figure.label} ({warm.requests:,} requests):"]
     if warm.redis_commands is not None:
         excluded = [
             f"{name} {calls:,} ({excluded_names[name]})"
@@ -110,26 +115,32 @@ def to_table(result: dict[str, Any], warnings: list[str]) -> str:
     """The human-readable report."""
     config: BenchConfig = result["config"]
     env = result["environment"]
-    figures: dict[str, Figure] = result["figures"]
+    ceilings: dict[str, ServerFigure] = result["ceilings"]
+    brokers: dict[str, BrokerFigure] = result["brokers"]
     lines = [
-        "credential-broker bench: GetAuthorization (default identity, background task) over h2c",
+        "credential-broker bench: warm GetAuthorization (default identity, background task) "
+        "over h2c",
         f"h2load {env['h2load']}, {env['cpus']} CPUs; {config.connections} connections x "
-        f"{config.streams} streams; both servers log at {config.log_level}",
-        f"runs of {config.requests:,} requests ({config.embedded_requests:,} on the embedded "
-        f"store); request {env['request_bytes']} B framed, response {env['response_bytes']} B",
-        "figures are medians of alternating echo/broker runs; latency is exact (h2load's log)",
+        f"{config.streams} streams; servers log at {config.log_level}, event loop "
+        f"{env.get('event_loop', '?')}",
+        f"{config.rounds} rounds of {config.requests:,} requests per server (each server once "
+        f"per round); request {env['request_bytes']} B framed, response {env['response_bytes']} B",
+        "figures are medians of each server's runs; latency is exact (h2load's log)",
         "",
-        f"{'store':<10}{'server':<16}{'req/s':>7}  {'runs (req/s)':<23}"
+        f"{'server':<{_NAME_WIDTH}}{'req/s':>7}  {'runs (req/s)':<25}"
         f"{'p50 ms':>7}{'p99 ms':>8}{'mean ms':>8}{'CPU us/req':>11}",
+        *(_row(f"{_CEILINGS[key]} (ceiling)", fig) for key, fig in ceilings.items()),
+        *(_row(figure.label, figure.server) for figure in brokers.values()),
+        "",
+        f"{'ratios':<{_NAME_WIDTH}}{'broker/bare':>11}{'broker/echo':>13}"
+        f"{'p99 vs bare':>12}{'p99 vs echo':>12}{'CPU b/b':>10}   "
+        f"target: broker/bare >= {config.target_ratio:.2f}, p99 <= "
+        f"{config.p99_tolerance:.2f}x bare",
+        *(_ratio_row(figure, config) for figure in brokers.values()),
+        "(CPU b/b: bare/broker server CPU per request; broker/echo: against the broker's stack)",
     ]
-    for figure in figures.values():
-        lines += [
-            _row(figure.store, "echo (ceiling)", figure.echo),
-            _row(figure.store, "broker", figure.broker),
-            _ratio_row(figure, config),
-        ]
-    for key, figure in figures.items():
-        lines += ["", *_warm_lines(key, figure, result["excluded_redis_commands"])]
+    for figure in brokers.values():
+        lines += ["", *_warm_lines(figure, result["excluded_redis_commands"])]
     if warnings:
         lines += ["", *(f"WARNING: {w}" for w in warnings)]
     return "\n".join(lines)

@@ -2,19 +2,20 @@
 
 The emulator runs in this process (as in ``credential-broker dev``); it is only called while
 the cache is cold. With ``--redis-url`` (and ``--kek-file``) the broker uses the Redis store sealed
-under the KEK, otherwise the embedded store. Logging is configured as ``credential-broker serve``
-does. :mod:`bench.serve_echo` runs this same process with one method replaced.
+under the KEK, otherwise the embedded store. With ``--caller-sha256`` one caller (``bench``) is
+configured, so every call must carry its token, as in production; without it the broker is open
+(loopback). Logging and the event loop are what ``credential-broker serve`` uses.
+:mod:`bench.serve_echo` runs this same process with one method's work replaced.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import tempfile
 from pathlib import Path
 
 from bench._server import serve_until_signalled
-from broker.app import BrokerApp
+from broker.app import BrokerApp, run_event_loop
 from broker.config import load_settings
 from broker.devmode import DEV_ACCOUNT, DEV_TOKEN
 from broker.emulator import Emulator
@@ -29,6 +30,11 @@ def parser(prog: str) -> argparse.ArgumentParser:
     options.add_argument("--log-level", default="info")
     options.add_argument("--assertion-ttl", default="60")
     options.add_argument("--refresh-margin", default="30")
+    options.add_argument(
+        "--caller-sha256",
+        default=None,
+        help="configure one caller, 'bench', with this token hash (default: no callers, open)",
+    )
     return options
 
 
@@ -55,6 +61,10 @@ async def run(args: argparse.Namespace) -> None:
             if args.redis_url:
                 env["BROKER_REDIS_URL"] = args.redis_url
                 env["BROKER_KEK_FILE"] = str(args.kek_file)
+            if args.caller_sha256:
+                config = Path(workdir) / "callers.toml"
+                config.write_text(f'[callers.bench]\ntoken_sha256 = "{args.caller_sha256}"\n')
+                env["BROKER_CONFIG"] = str(config)
             settings = load_settings(env)
             configure_logging(settings.log_level)
             app = BrokerApp(settings)
@@ -73,7 +83,7 @@ def main() -> None:
     args = options.parse_args()
     if args.redis_url and args.kek_file is None:
         options.error("--redis-url needs --kek-file")
-    asyncio.run(run(args))
+    run_event_loop(run(args))
 
 
 if __name__ == "__main__":

@@ -1,15 +1,16 @@
 """``python -m bench.serve_echo --response FILE``: the ceiling, on the broker's own stack.
 
 This is :mod:`bench.serve_broker`'s process (emulator, ``BrokerApp`` on the embedded store, the
-same ``build_server`` options, interceptor, caller gate, health, reflection, logging and background
-tasks) with one difference: ``BrokerApp`` builds an ``EchoServicer``, whose ``GetAuthorization``
-returns a fixed response instead of asking the authorizer. The response is the serialized
-``GetAuthorizationResponse`` the real broker returned, so the bytes on the wire are the same.
+same ``build_server`` options, interceptor, caller gate, health, reflection, logging, event loop and
+background tasks) with one difference: ``GetAuthorization``'s handler answers fixed bytes instead
+of asking the authorizer. The bytes are the serialized ``GetAuthorizationResponse`` the real broker
+returned, so the bytes on the wire are the same. The distance between this server and the bare
+stack (:mod:`bench.serve_bare`) is what the broker's stack costs; the distance between this server
+and the broker is what the authorizer's warm path costs.
 """
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from unittest import mock
 
@@ -18,23 +19,23 @@ import grpc
 import broker.app
 from bench import serve_broker
 from broker._proto.credential_broker.v1 import broker_pb2 as pb
-from broker.transport.grpc.servicer import BrokerServicer
+from broker.app import run_event_loop
+from broker.errors import BrokerError
+from broker.transport.grpc.prebuilt import PrebuiltGetAuthorization, WarmRequest
 
 
-def echo_servicer(response: pb.GetAuthorizationResponse) -> type[BrokerServicer]:
-    """A BrokerServicer whose ``GetAuthorization`` answers ``response`` (other RPCs unchanged)."""
+def echo_handler(response: bytes) -> type[PrebuiltGetAuthorization]:
+    """A ``GetAuthorization`` handler that answers ``response`` (the other RPCs are unchanged)."""
 
-    class EchoServicer(BrokerServicer):
-        async def GetAuthorization(  # noqa: N802  (named like the RPC)
+    class EchoGetAuthorization(PrebuiltGetAuthorization):
+        async def get_authorization(
             self,
-            request: pb.GetAuthorizationRequest,
-            context: grpc.aio.ServicerContext[
-                pb.GetAuthorizationRequest, pb.GetAuthorizationResponse
-            ],
-        ) -> pb.GetAuthorizationResponse:
+            request: WarmRequest | BrokerError,
+            context: grpc.aio.ServicerContext[WarmRequest | BrokerError, bytes],
+        ) -> bytes:
             return response
 
-    return EchoServicer
+    return EchoGetAuthorization
 
 
 def main() -> None:
@@ -44,10 +45,11 @@ def main() -> None:
     args = options.parse_args()
     if args.redis_url:
         options.error("the echo server keeps no state: it takes no --redis-url")
-    response = pb.GetAuthorizationResponse.FromString(args.response.read_bytes())
-    # The composition root names the servicer class it builds; swap it for this process only.
-    with mock.patch.object(broker.app, "BrokerServicer", echo_servicer(response)):
-        asyncio.run(serve_broker.run(args))
+    response = args.response.read_bytes()
+    pb.GetAuthorizationResponse.FromString(response)  # refuse a file that is not a response
+    # The composition root names the handler class it builds; swap it for this process only.
+    with mock.patch.object(broker.app, "PrebuiltGetAuthorization", echo_handler(response)):
+        run_event_loop(serve_broker.run(args))
 
 
 if __name__ == "__main__":

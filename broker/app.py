@@ -13,9 +13,10 @@ import json
 import os
 import signal
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import grpc
 import httpx
@@ -46,9 +47,10 @@ from broker.core.protocol import agent_jwt
 from broker.core.protocol.login import parse_auth_json
 from broker.errors import BrokerError, ConfigError
 from broker.events import Event
-from broker.metrics import BrokerMetrics, OpsServer
+from broker.metrics import RPC_BUCKETS, BrokerMetrics, OpsServer
 from broker.transport.grpc.admin import AdminServicer
 from broker.transport.grpc.callers import CallerGate
+from broker.transport.grpc.prebuilt import PrebuiltGetAuthorization
 from broker.transport.grpc.server import (
     BROKER_SERVICE,
     CONTROLPLANE_HEALTH,
@@ -56,6 +58,7 @@ from broker.transport.grpc.server import (
     build_server,
 )
 from broker.transport.grpc.servicer import BrokerServicer
+from broker.transport.grpc.tally import RpcTally
 from broker.transport.grpc.tls import ReloadingTls
 
 log = structlog.get_logger("broker.app")
@@ -63,19 +66,41 @@ log = structlog.get_logger("broker.app")
 _HEALTH_INTERVAL_SECONDS = 5.0
 
 
+T = TypeVar("T")
+
+
 @dataclass(slots=True)
 class RpcStats:
-    """Cumulative RPC counters for ``broker.stats``."""
+    """Cumulative RPC counters for ``broker.stats``, read from the interceptor's tally."""
 
     by_code: Counter[str] = field(default_factory=Counter)
     by_method: Counter[str] = field(default_factory=Counter)
     total_seconds: float = 0.0
 
-    def record(self, method: str, code: str, seconds: float) -> None:
-        """Count one finished RPC."""
-        self.by_code[code] += 1
-        self.by_method[method.rsplit("/", 1)[-1]] += 1
-        self.total_seconds += seconds
+    @classmethod
+    def of(cls, rpcs: RpcTally) -> RpcStats:
+        """The counters of ``rpcs`` right now."""
+        return cls(rpcs.by_code(), rpcs.by_method(), rpcs.seconds_total())
+
+
+def event_loop_name() -> str:
+    """``uvloop`` or ``asyncio``: which event loop runs the caller (for ``broker.started``)."""
+    module = type(asyncio.get_running_loop()).__module__
+    return "uvloop" if module.startswith("uvloop") else "asyncio"
+
+
+def run_event_loop(main: Coroutine[Any, Any, T]) -> T:
+    """Run ``main`` on uvloop where it is installed (not on Windows), else on asyncio's loop.
+
+    uvloop's loop does the same work as asyncio's with less Python per event, which grpc.aio's
+    per-call callbacks feel directly. ``broker.started`` says which loop runs.
+    """
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
 
 
 def build_store(settings: Settings, clock: Clock) -> Store:
@@ -147,6 +172,7 @@ class BrokerApp:
         store: Store | None = None,
         bearer_sources: dict[str, BearerSource] | None = None,
         random_bytes: Callable[[int], bytes] = os.urandom,
+        worker: int | None = None,
     ) -> None:
         """Args:
         settings: validated settings.
@@ -154,8 +180,11 @@ class BrokerApp:
         store: an injected store (owned by the caller); default built from settings.
         bearer_sources: per-identity token sources overriding the token files (tests, dev).
         random_bytes: CSPRNG for new keys.
+        worker: this process's index among a supervisor's workers (``broker/supervisor.py``),
+            which share the listen port; ``None`` for a broker on its own.
         """
         self.settings = settings
+        self.worker = worker
         # The control-plane client logs its own controlplane.retry events (in the catalogue);
         # stamina's default hook would add an uncatalogued duplicate line per retry.
         stamina.instrumentation.set_on_retry_hooks([])
@@ -213,10 +242,12 @@ class BrokerApp:
             rejection_min_interval=settings.rejection_min_interval,
         )
         self.callers = CallerRegistry(settings.callers, self.clock)
-        self.gate = CallerGate(self.callers)
+        self.rpcs = RpcTally(RPC_BUCKETS)
+        self.gate = CallerGate(self.callers, self.rpcs)
         self.admin = AdminOperations(self.authorizer, self.store)
-        self.rpc_stats = RpcStats()
-        self.metrics.bind(authorizer=self.authorizer, gate=self.gate, breakers=self.breakers)
+        self.metrics.bind(
+            authorizer=self.authorizer, gate=self.gate, breakers=self.breakers, rpcs=self.rpcs
+        )
         self.health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._ops: OpsServer | None = None
@@ -300,7 +331,10 @@ class BrokerApp:
             AdminServicer(self.admin, self.gate),
             self.health,
             self.gate,
-            on_completed=self._rpc_completed,
+            rpcs=self.rpcs,
+            get_authorization=PrebuiltGetAuthorization(self.authorizer, self.gate),
+            access_log_sample=self.settings.access_log_sample,
+            reuse_port=self.worker is not None,
         )
         if self.callers.open and self.settings.allow_anonymous_callers:
             log.warning(
@@ -359,8 +393,15 @@ class BrokerApp:
             version=__version__,
             store="redis" if self.store.shared else "embedded",
             identities=self.authorizer.identity_names,
+            event_loop=event_loop_name(),
+            access_log_sample=self.settings.access_log_sample,
+            **self._process_fields(),
             **({"ops_listen": self._ops.address} if self._ops is not None else {}),
         )
+
+    def _process_fields(self) -> dict[str, int]:
+        """``pid``, and ``worker`` for a supervised worker: which process wrote the line."""
+        return {"pid": os.getpid(), **({"worker": self.worker} if self.worker is not None else {})}
 
     async def _import_account_file(self, name: str, path: Path) -> None:
         """Seed the store with a login file once; a login already stored (maybe refreshed since)
@@ -407,16 +448,17 @@ class BrokerApp:
             except BrokerError:
                 await asyncio.sleep(1.0)
 
-    def _rpc_completed(self, method: str, code: str, seconds: float) -> None:
-        self.rpc_stats.record(method, code, seconds)
-        self.metrics.rpc_completed(method, code, seconds)
+    @property
+    def rpc_stats(self) -> RpcStats:
+        """RPCs finished since start, by code and method."""
+        return RpcStats.of(self.rpcs)
 
     def stats(self) -> dict[str, object]:
         """The counters ``broker.stats`` reports (cumulative since start)."""
         return {
-            "rpcs_by_code": dict(self.rpc_stats.by_code),
-            "rpcs_by_method": dict(self.rpc_stats.by_method),
-            "rpc_seconds_total": round(self.rpc_stats.total_seconds, 6),
+            "rpcs_by_code": dict(self.rpcs.by_code()),
+            "rpcs_by_method": dict(self.rpcs.by_method()),
+            "rpc_seconds_total": round(self.rpcs.seconds_total(), 6),
             "authorizer": dict(self.authorizer.counters),
             "watch_streams": self.authorizer.watch_hub.watchers,
             "watch_topics": self.authorizer.watch_hub.topics,
@@ -430,9 +472,18 @@ class BrokerApp:
         }
 
     async def _report_stats(self) -> None:
+        loop = asyncio.get_running_loop()
+        reported, since = 0, loop.time()
         while True:
             await asyncio.sleep(self.settings.stats_interval)
-            log.info(Event.BROKER_STATS, **self.stats())
+            total, now = self.rpcs.total(), loop.time()
+            log.info(
+                Event.BROKER_STATS,
+                **self.stats(),
+                rpcs_interval=total - reported,
+                interval_s=round(now - since, 3),
+            )
+            reported, since = total, now
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: report NOT_SERVING, finish in-flight RPCs within ``grace``, close everything."""
@@ -457,12 +508,20 @@ class BrokerApp:
         await self._http.aclose()
         if self._owns_store:
             await self.store.close()
-        log.info(Event.BROKER_STOPPED, **self.stats())
+        log.info(Event.BROKER_STOPPED, **self.stats(), **self._process_fields())
 
 
-async def serve(settings: Settings, *, ready: Callable[[BrokerApp], None] | None = None) -> None:
-    """Run a broker until SIGTERM or SIGINT, then drain within the grace period."""
-    app = BrokerApp(settings)
+async def serve(
+    settings: Settings,
+    *,
+    ready: Callable[[BrokerApp], None] | None = None,
+    worker: int | None = None,
+) -> None:
+    """Run a broker until SIGTERM or SIGINT, then drain within the grace period.
+
+    ``worker`` is the index of a supervised worker (its port is shared with the others).
+    """
+    app = BrokerApp(settings, worker=worker)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

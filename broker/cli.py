@@ -64,8 +64,15 @@ def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
         help="serve a non-loopback address without [callers]: every peer is an admin "
         "(BROKER_ALLOW_ANONYMOUS_CALLERS)",
     )
+    parser.add_argument(
+        "--workers",
+        help="broker processes sharing the port under one supervisor; auto: one per CPU with "
+        "Redis, 1 on the embedded store (BROKER_WORKERS)",
+    )
     # Removed: refused by load_settings with a pointer to the two flags above.
     parser.add_argument("--insecure", action="store_const", const=True, help=argparse.SUPPRESS)
+    # Internal: how the supervisor starts each worker (settings arrive on stdin, broker/supervisor).
+    parser.add_argument("--supervised-worker", action="store_true", help=argparse.SUPPRESS)
 
 
 def _add_connection_flags(parser: argparse.ArgumentParser) -> None:
@@ -290,8 +297,10 @@ def _caller_command(command: str) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from broker.app import serve
+    if args.supervised_worker:
+        from broker.supervisor import run_worker
 
+        return run_worker()
     overrides: dict[str, Any] = {
         "listen": args.listen,
         "redis_url": args.redis_url,
@@ -305,11 +314,17 @@ def _serve(args: argparse.Namespace) -> int:
         "allow_unsealed_store": args.allow_unsealed_store,
         "allow_anonymous_callers": args.allow_anonymous_callers,
         "insecure": args.insecure,
+        "workers": args.workers,
     }
     settings = load_settings(os.environ, overrides)
     configure_logging(settings.log_level)
+    if settings.workers > 1:
+        from broker.supervisor import supervise
+
+        return supervise(settings)  # holds no secret: each worker hardens itself
+    from broker.app import run_event_loop, serve
     from broker.hardening import harden_process
 
     harden_process(settings)  # before any secret is read
-    asyncio.run(serve(settings))
+    run_event_loop(serve(settings))
     return 0

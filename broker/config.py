@@ -9,7 +9,10 @@ Every problem raises :class:`ConfigError` naming the setting, so start-up stops 
 from __future__ import annotations
 
 import ipaddress
+import math
+import os
 import re
+import sys
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -101,14 +104,20 @@ class Settings:
     thread_task_ttl: float | None = 24 * 3600.0
     thread_limits: ThreadTaskLimits = field(default_factory=ThreadTaskLimits)
     log_level: str = "info"
+    access_log_sample: int = 0
+    """Write ``rpc.completed`` for one successful RPC in this many (0: none). Failed RPCs always
+    write theirs; every RPC is counted in ``broker.stats`` and ``/metrics`` either way."""
     grace_period: float = 10.0
-    stats_interval: float = 60.0
+    stats_interval: float = 10.0
     registration_deadline: float = 45.0
     circuit_failure_threshold: int = 3
     circuit_cooldown: float = 30.0
     rejection_min_interval: float = 5.0
     callers: tuple[CallerPolicy, ...] = ()
     tls: TlsSettings | None = None
+    workers: int = 1
+    """Broker processes serving ``listen`` together (SO_REUSEPORT) under one supervising parent
+    (``broker/supervisor.py``); 1 serves in this process, with no parent."""
     agent_version: str = __version__
     extra: Mapping[str, str] = field(default_factory=dict)
 
@@ -456,6 +465,7 @@ _ENV_GLOBAL_KEYS: Final = {
     "BROKER_THREAD_TASK_BURST_PER_IDENTITY": "thread_task_burst_per_identity",
     "BROKER_MAX_LIVE_THREAD_TASKS": "max_live_thread_tasks",
     "BROKER_LOG_LEVEL": "log_level",
+    "BROKER_ACCESS_LOG_SAMPLE": "access_log_sample",
     "BROKER_GRACE_PERIOD": "grace_period",
     "BROKER_STATS_INTERVAL": "stats_interval",
     "BROKER_IDENTITY": "default_identity",
@@ -466,6 +476,7 @@ _ENV_GLOBAL_KEYS: Final = {
     "BROKER_TLS_CERT_FILE": "tls_cert_file",
     "BROKER_TLS_KEY_FILE": "tls_key_file",
     "BROKER_TLS_CLIENT_CA_FILE": "tls_client_ca_file",
+    "BROKER_WORKERS": "workers",
 }
 
 
@@ -567,6 +578,83 @@ def _thread_limits(values: Mapping[str, Any]) -> ThreadTaskLimits:
             minimum=1,
         ),
     )
+
+
+_CGROUP_CPU_MAX: Final = Path("/sys/fs/cgroup/cpu.max")
+_CGROUP_V1_QUOTA: Final = Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us")
+_CGROUP_V1_PERIOD: Final = Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us")
+
+
+def _cgroup_cpu_limit() -> float | None:
+    """CPUs' worth of time this container may use (cgroup v2 ``cpu.max``, or v1's CFS quota);
+    ``None`` when unlimited or unknown."""
+    try:
+        quota, _, period = _CGROUP_CPU_MAX.read_text().partition(" ")
+    except OSError:
+        try:
+            quota, period = _CGROUP_V1_QUOTA.read_text(), _CGROUP_V1_PERIOD.read_text()
+        except OSError:
+            return None
+    try:
+        limit = int(quota) / int(period)
+    except (ValueError, ZeroDivisionError):  # "max": no limit
+        return None
+    return limit if limit > 0 else None
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity mask, capped by a container's CPU limit (cgroup).
+
+    ``os.cpu_count()`` alone would count every CPU of a 64-core node for a container limited to 2.
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # no sched_getaffinity outside Linux
+        cpus = os.cpu_count() or 1
+    limit = _cgroup_cpu_limit()
+    if limit is not None:
+        cpus = min(cpus, math.ceil(limit))
+    return max(1, cpus)
+
+
+def _workers(value: object, *, redis_url: str | None, listen: str, ops_listen: str | None) -> int:
+    """``BROKER_WORKERS``: ``auto`` (the default) is one worker per available CPU wherever several
+    can work (a shared store, a named port, Linux), else 1; an explicit number is checked."""
+    text = "auto" if value is None else str(value).strip().lower()
+    port = int(listen.rpartition(":")[2])
+    linux = sys.platform.startswith("linux")
+    if text in ("", "auto"):
+        workers = available_cpus() if redis_url and port and linux else 1
+    else:
+        workers = _count("BROKER_WORKERS", value, minimum=1)
+    if workers == 1:
+        return 1
+    if not redis_url:
+        raise ConfigError(
+            f"BROKER_WORKERS: {workers} workers need a shared store (BROKER_REDIS_URL): on the "
+            "embedded store each worker would keep its own identity, tasks and assertions, so "
+            "each would register its own at the control plane, and a restarted worker would lose "
+            "them; set BROKER_REDIS_URL, or BROKER_WORKERS=1"
+        )
+    if not port:
+        raise ConfigError(
+            f"BROKER_WORKERS: {workers} workers share one port, so BROKER_LISTEN must name it "
+            f"({listen} asks each process for a free port of its own)"
+        )
+    if not linux:
+        raise ConfigError(
+            f"BROKER_WORKERS: {workers} workers need Linux, where SO_REUSEPORT spreads connections "
+            f"over every process listening on the port; on {sys.platform} run one worker per "
+            "process and more replicas"
+        )
+    if ops_listen is not None:
+        ops_port = int(ops_listen.rpartition(":")[2])
+        if ops_port and ops_port + workers - 1 > 65535:
+            raise ConfigError(
+                f"BROKER_OPS_LISTEN: worker i serves on port {ops_port} + i, and {workers} "
+                "workers would pass 65535; choose a lower port"
+            )
+    return workers
 
 
 def _tls(values: Mapping[str, Any]) -> TlsSettings | None:
@@ -674,6 +762,12 @@ def _build(
     )
     callers = tuple(_caller(name, table) for name, table in caller_tables.items())
     _unique_credentials(callers)
+    workers = _workers(
+        values.get("workers"),
+        redis_url=redis_url,
+        listen=listen,
+        ops_listen=_ops_listen(ops_listen) if ops_listen else None,
+    )
     tls = _tls(values)
     if any(c.cert_names for c in callers) and (tls is None or tls.client_ca_file is None):
         raise ConfigError(
@@ -702,13 +796,17 @@ def _build(
         cleartext_upstreams=tuple(setting for setting, _ in cleartext),
         callers=callers,
         tls=tls,
+        workers=workers,
         assertion_ttl=ttl,
         refresh_margin=margin,
         thread_task_ttl=thread_ttl,
         thread_limits=_thread_limits(values),
         log_level=log_level,
+        access_log_sample=_count(
+            "BROKER_ACCESS_LOG_SAMPLE", values.get("access_log_sample", 0), minimum=0
+        ),
         grace_period=_seconds("BROKER_GRACE_PERIOD", values.get("grace_period", 10)),
-        stats_interval=_seconds("BROKER_STATS_INTERVAL", values.get("stats_interval", 60)),
+        stats_interval=_seconds("BROKER_STATS_INTERVAL", values.get("stats_interval", 10)),
         registration_deadline=_seconds(
             "BROKER_REGISTRATION_DEADLINE", values.get("registration_deadline", 45)
         ),

@@ -34,6 +34,12 @@ class Event(enum.StrEnum):
     CONFIG_INVALID = "config.invalid"
     PROCESS_HARDENED = "process.hardened"
     FILE_EXPOSED = "file.exposed"
+    SUPERVISOR_STARTED = "supervisor.started"
+    SUPERVISOR_WORKER_EXITED = "supervisor.worker_exited"
+    SUPERVISOR_WORKER_FAILED = "supervisor.worker_failed"
+    SUPERVISOR_WORKER_KILLED = "supervisor.worker_killed"
+    SUPERVISOR_STOPPING = "supervisor.stopping"
+    SUPERVISOR_STOPPED = "supervisor.stopped"
     # state
     STORE_EMBEDDED = "store.embedded"
     STORE_CONNECTED = "store.connected"

@@ -1,8 +1,9 @@
 """Structured JSON logging and the redaction processor (DESIGN §8).
 
 ``configure_logging`` is called once by the composition root (``app.py``/``cli.py``). Everything logs
-through ``structlog.get_logger()``; per-RPC context (method, caller, request id) is bound with
-``structlog.contextvars`` by the gRPC interceptor.
+through ``structlog.get_logger()``. Per-RPC context (method, request id, peer, caller) comes from
+the :data:`RPC_LOG_CONTEXT` the gRPC interceptor sets for each RPC, and is computed only when a line
+is written while serving it (:func:`merge_rpc_context`): a call that logs nothing pays nothing.
 
 Secrets are kept out of logs twice: by construction (they travel as :class:`broker.secrets.Secret`,
 whose ``repr`` is masked) and by :func:`redact_secrets`, which masks fields with secret-sounding names
@@ -11,11 +12,12 @@ and any string that looks like an assertion, a Bearer token or a PKCS#8 private 
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import re
 import sys
-from collections.abc import MutableMapping
-from typing import Any, Final, TextIO
+from collections.abc import Iterable, MutableMapping
+from typing import Any, Final, Protocol, TextIO
 
 import structlog
 
@@ -69,10 +71,36 @@ def redact_secrets(
     return event_dict
 
 
+class RpcLogContext(Protocol):
+    """What a line written while serving an RPC says about it (see :func:`merge_rpc_context`)."""
+
+    def log_fields(self) -> Iterable[tuple[str, object]]:
+        """(field, value) pairs, computed on demand: ``rpc_method``, ``request_id``, ``peer``..."""
+        ...
+
+
+RPC_LOG_CONTEXT: contextvars.ContextVar[RpcLogContext | None] = contextvars.ContextVar(
+    "rpc_log_context", default=None
+)
+"""The RPC being served; each RPC runs in its own task, so the value ends with it."""
+
+
+def merge_rpc_context(
+    _logger: object, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: add the fields of the RPC being served; a line's own fields win."""
+    context = RPC_LOG_CONTEXT.get()
+    if context is not None:
+        for name, value in context.log_fields():
+            event_dict.setdefault(name, value)
+    return event_dict
+
+
 def shared_processors() -> list[structlog.typing.Processor]:
     """The processors every configuration uses, ending before the renderer."""
     return [
         structlog.contextvars.merge_contextvars,
+        merge_rpc_context,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,

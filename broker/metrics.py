@@ -5,12 +5,13 @@ Theory of operation
 :class:`BrokerMetrics` owns one :class:`~prometheus_client.CollectorRegistry` per broker (never the
 global one: a test process runs many brokers). Two kinds of series feed it:
 
-* events counted as they happen, through hooks: every finished RPC (the interceptor's
-  ``on_completed``), every control-plane exchange (``ControlPlaneClient(on_request=...)``), the
-  health monitor's store check, and whether the broker serves;
-* the broker's own cumulative counters, read at scrape time by a collector: the authorizer's
-  counters (schemes, fallback reasons, cache levels, mints), the caller gate's denials, the circuits
-  and the watch hub. Nothing is counted twice, and ``broker.stats`` and ``/metrics`` agree.
+* events counted as they happen, through hooks: every control-plane exchange
+  (``ControlPlaneClient(on_request=...)``), the health monitor's store check, and whether the
+  broker serves;
+* the broker's own cumulative counters, read at scrape time by a collector: the interceptor's RPC
+  tally (RPCs by method and code, unary latency), the authorizer's counters (schemes, fallback
+  reasons, cache levels, mints), the caller gate's denials, the circuits and the watch hub. Nothing
+  is counted twice, and ``broker.stats`` and ``/metrics`` agree.
 
 :data:`METRICS` lists every family as data (name, type, help, labels), like the event catalogue.
 Label values are only method names, status codes, schemes, reasons, operations, rules and configured
@@ -32,7 +33,12 @@ from typing import TYPE_CHECKING, Final, Literal
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 from prometheus_client.exposition import choose_encoder
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from broker import __version__
@@ -44,6 +50,7 @@ if TYPE_CHECKING:
     from broker.core.credentials.authorizer import Authorizer
     from broker.core.credentials.circuit import CircuitBreaker
     from broker.transport.grpc.callers import CallerGate
+    from broker.transport.grpc.tally import RpcTally
 
 Kind = Literal["counter", "gauge", "histogram", "info"]
 
@@ -59,8 +66,6 @@ DENIAL_RULES: Final = (
     "rate_limit",
 )
 """The caller policy rules (``caller.denied`` events' ``rule``), pre-initialised to 0."""
-_STREAMING: Final = frozenset({"WatchAuthorization", "Watch", "ServerReflectionInfo"})
-"""Streaming RPCs: their duration is the stream's life, so they stay out of the latency histogram."""
 _READY_STORE_TIMEOUT_S: Final = 2.0
 
 
@@ -170,6 +175,11 @@ METRICS: Final = (
 """Every broker family (the registry also carries the standard ``process_*`` families)."""
 
 
+def _bound(seconds: float) -> str:
+    """A histogram bucket's ``le`` label, written as prometheus-client writes its own."""
+    return "+Inf" if seconds == float("inf") else repr(float(seconds))
+
+
 class _StateCollector(Collector):
     """Reads the broker's cumulative counters and gauges at scrape time."""
 
@@ -177,9 +187,10 @@ class _StateCollector(Collector):
         self.authorizer: Authorizer | None = None
         self.gate: CallerGate | None = None
         self.breakers: Mapping[str, CircuitBreaker] = {}
+        self.rpcs: RpcTally | None = None
 
     def describe(self) -> Iterable[Metric]:
-        return list(self._families(Tally(), Tally(), 0, 0))
+        return [*self._rpc_families(None), *self._families(Tally(), Tally(), 0, 0)]
 
     def collect(self) -> Iterable[Metric]:
         counters: Tally[str] = Tally(self.authorizer.counters if self.authorizer else {})
@@ -188,7 +199,25 @@ class _StateCollector(Collector):
             rules.update(usage.by_rule)
         hub = self.authorizer.watch_hub if self.authorizer else None
         streams, topics = (hub.watchers, hub.topics) if hub else (0, 0)
-        return list(self._families(counters, rules, streams, topics))
+        return [*self._rpc_families(self.rpcs), *self._families(counters, rules, streams, topics)]
+
+    @staticmethod
+    def _rpc_families(rpcs: RpcTally | None) -> Iterator[Metric]:
+        """RPCs by method and code, and the latency of unary ones (streams stay out of it: their
+        duration is the stream's life)."""
+        calls = CounterMetricFamily(RPCS.name, RPCS.help, labels=list(RPCS.labels))
+        latency = HistogramMetricFamily(
+            RPC_SECONDS.name, RPC_SECONDS.help, labels=list(RPC_SECONDS.labels)
+        )
+        for method in rpcs.methods() if rpcs is not None else ():
+            for code, count in sorted(method.by_code().items()):
+                calls.add_metric([method.service, method.name, code], count)
+            if method.buckets is not None:
+                buckets = [(_bound(b), n) for b, n in method.cumulative()]
+                if buckets[-1][1]:
+                    latency.add_metric([method.service, method.name], buckets, method.seconds)
+        yield calls
+        yield latency
 
     def _families(
         self, counters: Tally[str], rules: Tally[str], streams: int, topics: int
@@ -241,8 +270,6 @@ class BrokerMetrics:
                 spec.name, spec.help, spec.labels, registry=registry, buckets=tuple(buckets)
             )
 
-        self._rpcs = counter(RPCS)
-        self._rpc_seconds = histogram(RPC_SECONDS, RPC_BUCKETS)
         self._controlplane = counter(CONTROLPLANE)
         self._controlplane_seconds = histogram(CONTROLPLANE_SECONDS, CONTROLPLANE_BUCKETS)
         self._registrations = counter(TASK_REGISTRATIONS)
@@ -260,20 +287,15 @@ class BrokerMetrics:
         authorizer: Authorizer,
         gate: CallerGate,
         breakers: Mapping[str, CircuitBreaker],
+        rpcs: RpcTally,
     ) -> None:
         """Read these objects' counters at every scrape."""
         self._state.authorizer = authorizer
         self._state.gate = gate
         self._state.breakers = breakers
+        self._state.rpcs = rpcs
 
     # -- hooks -------------------------------------------------------------------------------------
-
-    def rpc_completed(self, method: str, code: str, seconds: float) -> None:
-        """Count one finished RPC (``/package.Service/Method``, a gRPC code name)."""
-        service, _, name = method.lstrip("/").rpartition("/")
-        self._rpcs.labels(service, name, code).inc()
-        if name not in _STREAMING:
-            self._rpc_seconds.labels(service, name).observe(seconds)
 
     def controlplane_observer(self, identity: str) -> Callable[[str, str, float], None]:
         """The ``on_request`` hook of ``identity``'s control-plane client."""

@@ -33,6 +33,12 @@ from broker.catalog._fields import (
 )
 from broker.events import Event, EventSpec, FieldSpec, FieldType, Level
 
+_WORKER: Final = FieldSpec("worker", INT, "the worker's index, 0 to BROKER_WORKERS - 1")
+_WORKER_PID: Final = FieldSpec("pid", INT, "the worker's process id")
+_EXIT_CODE: Final = FieldSpec(
+    "exit_code", INT, "the worker's exit status; negative: killed by that signal (-9: SIGKILL)"
+)
+
 _SPECS: Final = (
     # life cycle
     EventSpec(
@@ -46,11 +52,25 @@ _SPECS: Final = (
             FieldSpec(
                 "identities", FieldType.STRINGS, "the configured identity names", identifier=True
             ),
+            FieldSpec("pid", INT, "this process's id (tells a supervisor's workers apart)"),
+            replace(
+                _WORKER,
+                description="this worker's index among the supervisor's workers (0 to "
+                "BROKER_WORKERS - 1); only when BROKER_WORKERS is above 1",
+                optional=True,
+            ),
             FieldSpec(
                 "ops_listen",
                 STR,
                 "host:port of the ops HTTP listener (/metrics, /healthz, /readyz), when configured",
                 optional=True,
+            ),
+            FieldSpec("event_loop", STR, "'uvloop', or 'asyncio' where uvloop is not installed"),
+            FieldSpec(
+                "access_log_sample",
+                INT,
+                "BROKER_ACCESS_LOG_SAMPLE: one successful RPC in this many writes rpc.completed "
+                "(0: none)",
             ),
         ),
     ),
@@ -60,12 +80,30 @@ _SPECS: Final = (
         "Shutdown began: health is NOT_SERVING, in-flight RPCs get the grace period.",
         (FieldSpec("grace_seconds", NUM, "seconds in-flight RPCs may still take"),),
     ),
-    EventSpec(Event.BROKER_STOPPED, Level.INFO, "Shutdown finished; the final counters.", STATS),
+    EventSpec(
+        Event.BROKER_STOPPED,
+        Level.INFO,
+        "Shutdown finished; the final counters.",
+        (
+            *STATS,
+            FieldSpec("pid", INT, "this process's id (tells a supervisor's workers apart)"),
+            replace(
+                _WORKER,
+                description="this worker's index; only when BROKER_WORKERS is above 1",
+                optional=True,
+            ),
+        ),
+    ),
     EventSpec(
         Event.BROKER_STATS,
         Level.INFO,
-        "Periodic cumulative counters (every BROKER_STATS_INTERVAL seconds).",
-        STATS,
+        "Periodic cumulative counters (every BROKER_STATS_INTERVAL seconds, 10 by default); "
+        "successful RPCs are counted here, not logged one by one.",
+        (
+            *STATS,
+            FieldSpec("rpcs_interval", INT, "RPCs finished since the previous broker.stats line"),
+            FieldSpec("interval_s", NUM, "seconds since the previous broker.stats line (or start)"),
+        ),
     ),
     EventSpec(
         Event.CONFIG_INVALID,
@@ -87,6 +125,69 @@ _SPECS: Final = (
             replace(DETAIL, description="what could not be done", optional=True),
         ),
         other_levels={Level.WARNING: "a step failed or does not exist here; detail says which"},
+    ),
+    EventSpec(
+        Event.SUPERVISOR_STARTED,
+        Level.INFO,
+        "`serve` with BROKER_WORKERS above 1: every worker serves the port; this process (which "
+        "holds no credential and never opens the store) watches them.",
+        (
+            FieldSpec("listen", STR, "the host:port every worker serves"),
+            FieldSpec("workers", INT, "how many workers"),
+            FieldSpec("pid", INT, "the supervisor's process id"),
+        ),
+    ),
+    EventSpec(
+        Event.SUPERVISOR_WORKER_EXITED,
+        Level.WARNING,
+        "A worker exited while the broker was serving; another is started after restart_in_s.",
+        (
+            _WORKER,
+            _WORKER_PID,
+            _EXIT_CODE,
+            FieldSpec("uptime_s", NUM, "how long that worker process ran"),
+            FieldSpec(
+                "restart_in_s",
+                NUM,
+                "the wait before the next start: 0.5 s, doubled by each quick exit up to 30 s, "
+                "back to 0.5 s once a worker served for a minute",
+            ),
+        ),
+    ),
+    EventSpec(
+        Event.SUPERVISOR_WORKER_FAILED,
+        Level.ERROR,
+        "A worker exited before it ever served (its reason is on stderr, e.g. a configuration "
+        "error); the supervisor stops the others and exits with its status.",
+        (_WORKER, _WORKER_PID, _EXIT_CODE),
+    ),
+    EventSpec(
+        Event.SUPERVISOR_WORKER_KILLED,
+        Level.WARNING,
+        "A worker still ran 5 s after its grace period had passed; it was killed (SIGKILL).",
+        (_WORKER, _WORKER_PID),
+    ),
+    EventSpec(
+        Event.SUPERVISOR_STOPPING,
+        Level.INFO,
+        "The supervisor sends SIGTERM to every worker; each drains as a single broker does.",
+        (
+            replace(REASON, description="'SIGTERM', 'SIGINT', or 'worker_failed'"),
+            FieldSpec("grace_seconds", NUM, "seconds each worker's in-flight RPCs may still take"),
+        ),
+    ),
+    EventSpec(
+        Event.SUPERVISOR_STOPPED,
+        Level.INFO,
+        "Every worker has stopped; the supervisor exits.",
+        (
+            FieldSpec(
+                "exit_code",
+                INT,
+                "the supervisor's exit status: 0 when every worker drained, a failed worker's "
+                "status, or 1",
+            ),
+        ),
     ),
     EventSpec(
         Event.FILE_EXPOSED,
@@ -466,10 +567,17 @@ _SPECS: Final = (
     EventSpec(
         Event.RPC_COMPLETED,
         Level.INFO,
-        "The canonical line of one finished RPC.",
+        "The canonical line of one RPC that did not end OK, written at once; a successful RPC "
+        "writes one only when the access log samples it (BROKER_ACCESS_LOG_SAMPLE).",
         (
             FieldSpec("grpc_code", STR, "the gRPC status code name (OK, UNAVAILABLE, ...)"),
             DURATION_MS,
+            FieldSpec(
+                "sampled_1_in",
+                INT,
+                "on a sampled successful RPC: the access log writes one such line in this many",
+                optional=True,
+            ),
         ),
         other_levels={Level.DEBUG: "health checks and reflection"},
     ),

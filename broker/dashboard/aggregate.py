@@ -6,13 +6,14 @@ Theory of operation
 window ends at *its own* "now", estimated from the latest line it wrote: ``offset = arrival time -
 line timestamp``, and ``replica now = wall clock - offset``. A quiet replica's window therefore keeps
 moving (its rates fall to zero), and a replica ten minutes ahead looks just like one in sync. Lines
-without a readable timestamp are placed at the replica's estimated now. Rates divide by the window,
-or by the time since the replica's first line when that is shorter (a recording of a short run).
+without a readable timestamp are placed at the replica's estimated now. Rates divide a counter's
+share by the time between the two snapshots it was taken from.
 
-*Counters.* ``broker.stats`` (and the final ``broker.stopped``) carry cumulative counters; the
-window's share is the latest snapshot minus the newest one at or before the window's start (or
-minus zero at the replica's start when that is known and no older snapshot is). A counter that went
-down means the replica restarted: the latest value is its share.
+*Counters.* ``broker.stats`` (every 10 s by default, and the final ``broker.stopped``) carry
+cumulative counters: the authorizer's, and the RPCs by code and by method (a successful RPC writes
+no line of its own). The window's share is the latest snapshot minus the newest one at or before
+the window's start (or minus zero at the replica's start when that is known and no older snapshot
+is). A counter that went down means the replica restarted: the latest value is its share.
 
 *Totals* add the replicas' counts and rates; latency quantiles merge every replica's samples.
 
@@ -38,7 +39,6 @@ _KNOWN: Final = frozenset(e.value for e in Event)
 # Events whose occurrences are counted inside the window.
 _WINDOWED: Final = frozenset(
     {
-        Event.RPC_COMPLETED,
         Event.FALLBACK_BEARER,
         Event.CONTROLPLANE_REQUEST,
         Event.CONTROLPLANE_RETRY,
@@ -94,6 +94,13 @@ def _counters(value: object) -> dict[str, int]:
     return {str(k): v for k, v in value.items() if isinstance(v, int) and not isinstance(v, bool)}
 
 
+_COUNTER_GROUPS: Final = ("authorizer", "rpcs_by_code", "rpcs_by_method")
+"""The cumulative counters of a ``broker.stats`` line the window's share is taken of."""
+
+Counters = dict[str, dict[str, int]]
+"""One snapshot: counters by group (:data:`_COUNTER_GROUPS`), then by name."""
+
+
 @dataclass(slots=True)
 class _Replica:
     """What is known about one replica."""
@@ -110,7 +117,7 @@ class _Replica:
     samples: deque[tuple[float, str, dict[str, Any]]] = field(
         default_factory=lambda: deque(maxlen=_MAX_SAMPLES)
     )
-    snapshots: deque[tuple[float, dict[str, int]]] = field(default_factory=deque)
+    snapshots: deque[tuple[float, Counters]] = field(default_factory=deque)
     started_ts: float | None = None
     callers: dict[str, Any] = field(default_factory=dict)
 
@@ -224,8 +231,9 @@ class Aggregator:
         if event in (Event.BROKER_STATS, Event.BROKER_STOPPED):
             if replica.state == "unknown":
                 replica.state = "serving"
-            counters = _counters(record.get("authorizer"))
-            if counters and (not replica.snapshots or ts >= replica.snapshots[-1][0]):
+            counters = {group: _counters(record.get(group)) for group in _COUNTER_GROUPS}
+            fresh = not replica.snapshots or ts >= replica.snapshots[-1][0]
+            if any(counters.values()) and fresh:
                 replica.snapshots.append((ts, counters))
             if isinstance(record.get("callers"), dict):
                 replica.callers = record["callers"]
@@ -258,20 +266,18 @@ class Aggregator:
 
     # -- output --------------------------------------------------------------------------------
 
-    def _tally(self, replica: _Replica, wall: float) -> tuple[Tally, float]:
-        now = replica.now(wall)
-        start = now - self.window
+    def _tally(self, replica: _Replica, wall: float) -> Tally:
+        start = replica.now(wall) - self.window
         replica.prune(start)
-        span = max(1.0, min(self.window, now - replica.first_ts))
         tally = Tally()
         for ts, name, record in replica.samples:
             if start < ts:
                 tally.add(name, record)
         tally.counters_delta(*self._delta(replica, start))
-        return tally, span
+        return tally
 
     @staticmethod
-    def _delta(replica: _Replica, start: float) -> tuple[dict[str, int], float]:
+    def _delta(replica: _Replica, start: float) -> tuple[Counters, float]:
         """The window's share of the cumulative counters, and the seconds it covers.
 
         The baseline is the newest snapshot at or before the window's start; failing that, zero at
@@ -282,6 +288,7 @@ class Aggregator:
         if not snapshots:
             return {}, 0.0
         latest_ts, latest = snapshots[-1]
+        base: Counters
         if len(snapshots) >= 2 and snapshots[0][0] <= start:
             base_ts, base = snapshots[0]
         elif replica.started_ts is not None:
@@ -290,10 +297,13 @@ class Aggregator:
             base_ts, base = snapshots[0]
         else:
             return {}, 0.0
-        delta = {}
-        for name, value in latest.items():
-            before = base.get(name, 0)
-            delta[name] = value - before if value >= before else value
+        delta: Counters = {}
+        for group, counters in latest.items():
+            earlier = base.get(group, {})
+            delta[group] = {
+                name: value - earlier.get(name, 0) if value >= earlier.get(name, 0) else value
+                for name, value in counters.items()
+            }
         return delta, max(latest_ts - base_ts, 0.0)
 
     def snapshot(self, wall: float) -> dict[str, Any]:
@@ -303,9 +313,9 @@ class Aggregator:
         total_rates: Counter[str] = Counter()
         for name in sorted(self._replicas):
             replica = self._replicas[name]
-            tally, span = self._tally(replica, wall)
+            tally = self._tally(replica, wall)
             total.merge(tally)
-            view = tally.view(span)
+            view = tally.view()
             total_rates.update(view["rates_per_s"])
             replicas[name] = {
                 "state": replica.state,
@@ -317,7 +327,7 @@ class Aggregator:
                 "callers": replica.callers,
                 **view,
             }
-        totals = total.view(1.0)
+        totals = total.view()
         totals["rates_per_s"] = {k: round(v, 3) for k, v in sorted(total_rates.items())}
         redis: dict[str, list[str]] = {}
         for name, replica in sorted(self._replicas.items()):

@@ -74,10 +74,6 @@ class Tally:
     def add(self, event: str, record: dict[str, Any]) -> None:
         """Count one occurrence of a windowed event."""
         match event:
-            case Event.RPC_COMPLETED:
-                self.rpcs_by_code[str(record.get("grpc_code", "UNKNOWN"))] += 1
-                method = str(record.get("rpc_method", "?")).rsplit("/", 1)[-1]
-                self.rpcs_by_method[method] += 1
             case Event.FALLBACK_BEARER:
                 self.fallback_events[str(record.get("fallback_reason", "?"))] += 1
             case Event.CONTROLPLANE_REQUEST:
@@ -113,9 +109,12 @@ class Tally:
             case Event.STORE_RECOVERED:
                 self.store["recovered"] += 1
 
-    def counters_delta(self, delta: dict[str, int], span_s: float) -> None:
-        """Set the window's share of the cumulative authorizer counters."""
-        self.counters = Counter(delta)
+    def counters_delta(self, delta: dict[str, dict[str, int]], span_s: float) -> None:
+        """Set the window's share of the cumulative counters of ``broker.stats``: the authorizer's
+        and the RPCs by code and by method."""
+        self.counters = Counter(delta.get("authorizer", {}))
+        self.rpcs_by_code = Counter(delta.get("rpcs_by_code", {}))
+        self.rpcs_by_method = Counter(delta.get("rpcs_by_method", {}))
         self.counters_span_s = span_s
 
     def merge(self, other: Tally) -> None:
@@ -141,13 +140,15 @@ class Tally:
             target.errors += operation.errors
             target.ms += operation.ms
 
-    def view(self, span_s: float) -> dict[str, Any]:
-        """The counts as JSON-able data; rates divide by ``span_s`` (counters by their own span)."""
+    def view(self) -> dict[str, Any]:
+        """The counts as JSON-able data; rates divide the counters' share by the time between the
+        two ``broker.stats`` snapshots it was taken from."""
         rpcs = sum(self.rpcs_by_code.values())
         schemes = scheme_counts(dict(self.counters))
-        rates = {"rpcs": round(rpcs / span_s, 3)}
-        if self.counters_span_s > 0:
-            rates |= {k: round(v / self.counters_span_s, 3) for k, v in schemes.items()}
+        span = self.counters_span_s
+        rates = {"rpcs": round(rpcs / span, 3) if span > 0 else 0.0}
+        if span > 0:
+            rates |= {k: round(v / span, 3) for k, v in schemes.items()}
         bearer = {
             k.removeprefix(_BEARER_PREFIX): v
             for k, v in sorted(self.counters.items())

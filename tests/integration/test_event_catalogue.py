@@ -71,6 +71,15 @@ EXEMPT: frozenset[Event] = frozenset(
         # process): driven, and checked against this catalogue, by test_secret_files.py.
         Event.PROCESS_HARDENED,
         Event.FILE_EXPOSED,
+        # Written by the parent of `serve --workers N`: driven, and every line its workers and it
+        # wrote checked against this catalogue, by tests/integration/test_workers.py (the kill
+        # after a worker overran its grace period is not driven).
+        Event.SUPERVISOR_STARTED,
+        Event.SUPERVISOR_WORKER_EXITED,
+        Event.SUPERVISOR_WORKER_FAILED,
+        Event.SUPERVISOR_WORKER_KILLED,
+        Event.SUPERVISOR_STOPPING,
+        Event.SUPERVISOR_STOPPED,
     }
 )
 

@@ -29,15 +29,22 @@ def line(event: str, at: float, level: str = "info", **fields: Any) -> str:
     return json.dumps({"event": event, "level": level, "timestamp": stamp(at), **fields})
 
 
-def rpc(at: float, code: str = "OK", method: str = "GetAuthorization") -> str:
-    """An ``rpc.completed`` line."""
+def rpcs(at: float, ok: int, method: str = "GetAuthorization", **codes: int) -> str:
+    """A ``broker.stats`` line counting ``ok`` successful RPCs and ``codes`` since start."""
+    by_code = {"OK": ok, **codes}
     return line(
-        "rpc.completed",
+        "broker.stats",
         at,
-        grpc_code=code,
-        duration_ms=1.5,
-        rpc_method=f"/credential_broker.v1.CredentialBroker/{method}",
+        authorizer={},
+        rpcs_by_code=by_code,
+        rpcs_by_method={method: sum(by_code.values())},
+        circuits_open=[],
     )
+
+
+def started(at: float) -> str:
+    """A ``broker.started`` line: the replica's counters start from zero here."""
+    return line("broker.started", at, version="1.2.3")
 
 
 def stats(at: float, **authorizer: int) -> str:
@@ -126,25 +133,41 @@ class TestTolerance:
 
     def test_no_timestamp(self, aggregator: Aggregator) -> None:
         """A line without a timestamp is placed at its replica's estimated now."""
-        aggregator.feed_text(json.dumps({"event": "rpc.completed", "grpc_code": "OK"}), T0)
-        assert aggregator.snapshot(T0)["total"]["rpcs"]["by_code"] == {"OK": 1}
+        aggregator.feed_text(json.dumps({"event": "broker.started"}), T0)
+        stats_line = {"event": "broker.stats", "rpcs_by_code": {"OK": 1}}
+        aggregator.feed_text(json.dumps(stats_line), T0 + 1)
+        assert aggregator.snapshot(T0 + 1)["total"]["rpcs"]["by_code"] == {"OK": 1}
+
+    def test_rpcs_come_from_stats_not_lines(self, aggregator: Aggregator) -> None:
+        """``rpc.completed`` lines (failures, a sampled access log) are not counted twice."""
+        aggregator.feed_text(started(T0 - 10), T0)
+        aggregator.feed_text(
+            line("rpc.completed", T0 - 5, grpc_code="UNAVAILABLE", duration_ms=1.5), T0
+        )
+        aggregator.feed_text(rpcs(T0, 4, UNAVAILABLE=1), T0)
+        total = aggregator.snapshot(T0)["total"]
+        assert total["rpcs"]["by_code"] == {"OK": 4, "UNAVAILABLE": 1}
+        assert total["rpcs"]["by_method"] == {"GetAuthorization": 5}
+        assert total["rates_per_s"]["rpcs"] == 0.5
 
 
 class TestReplicas:
     def test_prefixes_split_replicas(self, aggregator: Aggregator) -> None:
         """Prefixed lines count for their pod; totals add the pods."""
         for pod, count in (("a", 3), ("b", 2)):
-            for i in range(count):
-                aggregator.feed_text(f"[pod/{pod}/broker] {rpc(T0 - i)}", T0)
+            aggregator.feed_text(f"[pod/{pod}/broker] {started(T0 - 10)}", T0)
+            aggregator.feed_text(f"[pod/{pod}/broker] {rpcs(T0, count)}", T0)
         snapshot = aggregator.snapshot(T0)
         assert {n: r["rpcs"]["count"] for n, r in snapshot["replicas"].items()} == {"a": 3, "b": 2}
         assert snapshot["total"]["rpcs"]["count"] == 5
 
     def test_clock_skew(self, aggregator: Aggregator) -> None:
         """A replica whose clock is an hour ahead still has its recent lines in its window."""
+        aggregator.feed_text(f"[pod/sync/b] {started(T0 - 11)}", T0 - 11)
+        aggregator.feed_text(f"[pod/ahead/b] {started(T0 + 3600 - 11)}", T0 - 11)
         for i in range(10):
-            aggregator.feed_text(f"[pod/sync/b] {rpc(T0 - 10 + i)}", T0 - 10 + i)
-            aggregator.feed_text(f"[pod/ahead/b] {rpc(T0 + 3600 - 10 + i)}", T0 - 10 + i)
+            aggregator.feed_text(f"[pod/sync/b] {rpcs(T0 - 10 + i, i + 1)}", T0 - 10 + i)
+            aggregator.feed_text(f"[pod/ahead/b] {rpcs(T0 + 3600 - 10 + i, i + 1)}", T0 - 10 + i)
         replicas = aggregator.snapshot(T0)["replicas"]
         assert replicas["sync"]["rpcs"]["count"] == 10
         assert replicas["ahead"]["rpcs"]["count"] == 10
@@ -153,7 +176,7 @@ class TestReplicas:
     def test_window_slides(self, aggregator: Aggregator) -> None:
         """Only the last 60 s of a replica's own clock count; a quiet replica decays to zero."""
         for i in range(120):
-            aggregator.feed_text(rpc(T0 - 119 + i), T0)
+            aggregator.feed_text(rpcs(T0 - 119 + i, i + 1), T0)
         assert aggregator.snapshot(T0)["total"]["rpcs"]["count"] == 60
         assert aggregator.snapshot(T0 + 30)["total"]["rpcs"]["count"] == 30
         assert aggregator.snapshot(T0 + 120)["total"]["rpcs"]["count"] == 0
@@ -341,8 +364,10 @@ class TestOnce:
     def test_json_from_files(self, log_path: Path, tmp_path: Path) -> None:
         """``--once --format json`` aggregates every file, each named after its file."""
         other = tmp_path / "other.log"
-        log_path.write_text(rpc(T0) + "\n" + rpc(T0, "UNAVAILABLE") + "\n")
-        other.write_text(rpc(T0) + "\ngarbage\n" + '{"event": "rpc.comp')
+        log_path.write_text(started(T0 - 5) + "\n" + rpcs(T0, 1, UNAVAILABLE=1) + "\n")
+        other.write_text(
+            started(T0 - 5) + "\n" + rpcs(T0, 1) + "\ngarbage\n" + '{"event": "rpc.comp'
+        )
         out = io.StringIO()
         code = run_dashboard([str(log_path), str(other)], once=True, output="json", out=out)
         snapshot = json.loads(out.getvalue())
@@ -353,7 +378,7 @@ class TestOnce:
 
     def test_table_once(self, log_path: Path) -> None:
         """``--once`` without json draws the screen once."""
-        log_path.write_text(rpc(T0) + "\n")
+        log_path.write_text(rpcs(T0, 1) + "\n")
         out = io.StringIO()
         assert run_dashboard([str(log_path)], once=True, out=out) == 0
         assert "Traffic" in out.getvalue()
@@ -370,7 +395,7 @@ class TestOnce:
     def test_stdin(self) -> None:
         """Without files the dashboard reads stdin to its end."""
         read_fd, write_fd = os.pipe()
-        os.write(write_fd, (rpc(T0) + "\n").encode())
+        os.write(write_fd, (started(T0 - 5) + "\n" + rpcs(T0, 1) + "\n").encode())
         os.close(write_fd)
         out = io.StringIO()
         try:

@@ -2,7 +2,8 @@
 
 The interceptor calls :meth:`CallerGate.admit` for every RPC before the handler runs; the admitted
 policy is put in :data:`CURRENT_CALLER` (a contextvar, visible to the servicer running in the same
-task), and per-caller usage is counted for the admin service.
+task). Per-caller usage for the admin service is the interceptor's RPC tally (per caller name) plus
+the denials counted here.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import contextvars
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import structlog
 
@@ -23,6 +24,9 @@ from broker.core.callers import (
     Unauthenticated,
 )
 from broker.events import Event
+
+if TYPE_CHECKING:
+    from broker.transport.grpc.tally import RpcTally
 
 log = structlog.get_logger("broker.callers")
 
@@ -70,11 +74,38 @@ def certificate_names(auth_context: Mapping[str, Iterable[bytes]]) -> list[str]:
 
 
 class CallerGate:
-    """Authenticates callers, applies method-level rules and rate limits, counts usage."""
+    """Authenticates callers, applies method-level rules and rate limits, counts usage.
 
-    def __init__(self, registry: CallerRegistry) -> None:
+    Args:
+        registry: the configured callers.
+        rpcs: the interceptor's RPC tally, whose per-caller counts :attr:`usage` reports.
+    """
+
+    def __init__(self, registry: CallerRegistry, rpcs: RpcTally | None = None) -> None:
         self._registry = registry
-        self.usage: dict[str, CallerUsage] = {}
+        self._rpcs = rpcs
+        self._denials: dict[str, CallerUsage] = {}
+
+    @property
+    def usage(self) -> dict[str, CallerUsage]:
+        """Per caller on this replica: finished RPCs by code and method, and denials.
+
+        Built when read (``broker.stats``, ``/metrics``, ``GetUsage``): the RPCs come from the
+        tally, so nothing is counted per call here.
+        """
+        usage = {
+            name: CallerUsage(
+                denied=denials.denied,
+                rate_limited=denials.rate_limited,
+                by_rule=Counter(denials.by_rule),
+            )
+            for name, denials in self._denials.items()
+        }
+        for name, rpcs in (self._rpcs.by_caller() if self._rpcs is not None else {}).items():
+            caller = usage.setdefault(name, CallerUsage())
+            caller.by_code.update(rpcs.by_code)
+            caller.by_method.update(rpcs.by_method)
+        return usage
 
     def admit(
         self,
@@ -117,19 +148,15 @@ class CallerGate:
 
     def denied(self, caller: str, method: str, exc: CallerDenied) -> None:
         """Record and log a denial raised anywhere while serving ``caller``."""
-        usage = self.usage.setdefault(caller, CallerUsage())
+        usage = self._denials.setdefault(caller, CallerUsage())
         if exc.rule == "rate_limit":
             usage.rate_limited += 1
         self._denied(caller, method, exc.rule)
 
     def _denied(self, caller: str, method: str, rule: str) -> None:
-        usage = self.usage.setdefault(caller, CallerUsage())
+        usage = self._denials.setdefault(caller, CallerUsage())
         usage.denied += 1
         usage.by_rule[rule] += 1
-        log.warning(Event.CALLER_DENIED, caller=caller, rpc_method=method, rule=rule)
-
-    def completed(self, caller: str, method: str, code: str) -> None:
-        """Count a finished RPC for ``caller``."""
-        usage = self.usage.setdefault(caller, CallerUsage())
-        usage.by_code[code] += 1
-        usage.by_method[method.rsplit("/", 1)[-1]] += 1
+        # Without a method, the line takes the one of the RPC being served (broker.logs).
+        where = {"rpc_method": method} if method else {}
+        log.warning(Event.CALLER_DENIED, caller=caller, rule=rule, **where)

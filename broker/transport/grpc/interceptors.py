@@ -1,32 +1,46 @@
-"""The server interceptor: caller admission, per-RPC log context, the canonical ``rpc.completed``.
+"""The server interceptor: caller admission, per-RPC log context, RPC counts, the access log.
 
-Each RPC runs with ``rpc_method``, ``request_id``, ``peer`` and ``caller`` bound in structlog's
-contextvars, so every event the core writes while serving it carries them. Before the handler runs,
-the :class:`CallerGate` authenticates the caller, applies admin and rate-limit rules, and puts the
-caller's policy in ``CURRENT_CALLER`` for the servicer. When the RPC ends, exactly one
-``rpc.completed`` line records its gRPC code and duration, and the caller's usage is counted.
+Theory of operation
+-------------------
+The server has one handler, :class:`RpcInterceptor`: every service's method handlers are wrapped
+once, when the service is added, and each call costs one dict lookup to find its wrapper. The
+wrapper does each RPC's work once:
+
+1. It sets :data:`broker.logs.RPC_LOG_CONTEXT` to the RPC (an :class:`_Rpc`). ``rpc_method``,
+   ``request_id``, ``peer`` and ``caller`` are computed only if a line is written while serving the
+   RPC, so a call that logs nothing never draws a request id or formats a peer address.
+2. :class:`CallerGate` admits the caller; the metadata and the TLS auth context are read only if
+   the gate looks at them (an open, loopback broker never does). The caller's policy goes in
+   ``CURRENT_CALLER`` for the servicer.
+3. The handler runs.
+4. The RPC is counted in its method's :class:`~broker.transport.grpc.tally.MethodTally` (what
+   ``broker.stats``, ``/metrics`` and ``GetUsage`` read). An RPC that did not end OK writes its
+   ``rpc.completed`` line at once; a successful one writes none, unless the access log is on
+   (``BROKER_ACCESS_LOG_SAMPLE=N``: one successful call in N).
+
+Each RPC runs in its own task (grpc.aio creates one per call), so the context variables set here end
+with it and need no reset.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any, Final, cast
 
 import grpc
 import structlog
 from google.protobuf.message import DecodeError
-from structlog.contextvars import bound_contextvars
 
-from broker.core.callers import CallerDenied, CallerPolicy
-from broker.errors import InvalidArgument
+from broker.errors import BrokerError, InvalidArgument
 from broker.events import Event
+from broker.logs import RPC_LOG_CONTEXT
 from broker.transport.grpc.callers import CURRENT_CALLER, CallerGate
 from broker.transport.grpc.status import to_status
+from broker.transport.grpc.tally import OK, MethodTally, RpcTally
 
 log = structlog.get_logger("broker.grpc")
 
@@ -38,7 +52,9 @@ _Stream = Callable[[Any, _Context], AsyncIterator[Any]]
 # servicer's Watch is one); grpc.aio tells the two kinds apart by inspecting the handler.
 _Writer = Callable[[Any, _Context], Awaitable[None]]
 
-_QUIET_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+_QUIET_PREFIXES: Final = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+"""Methods whose ``rpc.completed`` lines are debug: probes and tooling, not workers."""
+_UNDECODABLE_MESSAGE: Final = "the request message cannot be decoded"
 
 
 class _Undecodable:
@@ -46,6 +62,13 @@ class _Undecodable:
 
 
 _UNDECODABLE: Final = _Undecodable()
+
+
+class _Unadmitted:
+    """The caller of an RPC that was not admitted (yet)."""
+
+
+_UNADMITTED: Final = _Unadmitted()
 
 
 def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
@@ -63,42 +86,146 @@ def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], A
     return load
 
 
-def _code_name(context: _Context, failure: BaseException | None) -> str:
+class _Metadata:
+    """The call's metadata, read from grpc only if the caller gate iterates it."""
+
+    __slots__ = ("_context",)
+
+    def __init__(self, context: _Context) -> None:
+        self._context = context
+
+    def __iter__(self) -> Iterator[tuple[str, str | bytes]]:
+        metadata = self._context.invocation_metadata() or ()
+        return iter(cast("Iterable[tuple[str, str | bytes]]", metadata))
+
+
+class _AuthContext(Mapping[str, Iterable[bytes]]):
+    """The call's TLS auth context, read from grpc only if the caller gate looks at it."""
+
+    __slots__ = ("_context", "_values")
+
+    def __init__(self, context: _Context) -> None:
+        self._context = context
+        self._values: Mapping[str, Iterable[bytes]] | None = None
+
+    def _read(self) -> Mapping[str, Iterable[bytes]]:
+        if self._values is None:
+            self._values = self._context.auth_context() or {}
+        return self._values
+
+    def __getitem__(self, key: str) -> Iterable[bytes]:
+        return self._read()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._read())
+
+    def __len__(self) -> int:
+        return len(self._read())
+
+
+class _Rpc:
+    """One RPC being served: its method, when it started, its caller, its log fields on demand.
+
+    ``request_id`` and ``peer`` are drawn the first time a line is written while serving the RPC
+    (slots left unset until then).
+    """
+
+    __slots__ = ("caller", "context", "method", "peer", "request_id", "started")
+
+    def __init__(self, method: str, context: _Context) -> None:
+        self.started = time.perf_counter()
+        self.method = method
+        self.context: _Context | None = context
+        """Dropped when the RPC ends: grpc frees the call, and asking it for the peer then is
+        not safe (a task the RPC started may still log)."""
+        self.caller: str | _Unadmitted | None = _UNADMITTED
+        self.request_id: str
+        self.peer: str
+
+    def log_fields(self) -> Iterator[tuple[str, object]]:
+        """``rpc_method``, ``request_id``, ``peer`` while known, ``caller`` once admitted."""
+        yield "rpc_method", self.method
+        request_id = getattr(self, "request_id", None)
+        if request_id is None:
+            request_id = self.request_id = secrets.token_hex(8)
+        yield "request_id", request_id
+        peer = getattr(self, "peer", None)
+        if peer is None and self.context is not None:
+            peer = self.peer = self.context.peer()
+        if peer is not None:
+            yield "peer", peer
+        if not isinstance(self.caller, _Unadmitted):
+            yield "caller", self.caller
+
+    def caller_name(self) -> str | None:
+        """The admitted caller's name; ``None`` for none (open methods), or before admission."""
+        return None if isinstance(self.caller, _Unadmitted) else self.caller
+
+
+def _code_name(context: _Context, failure: BaseException) -> str:
     # grpc.aio returns None until a status was set; the stubs do not say so.
     code = cast("grpc.StatusCode | None", context.code())
     if code is not None:
-        return code.name
+        return str(code.name)
     if isinstance(failure, asyncio.CancelledError):
         return "CANCELLED"  # the caller ended the call (how every watch stream ends)
-    return "UNKNOWN" if failure is not None else "OK"
+    return "UNKNOWN"
 
 
-class RpcInterceptor(grpc.aio.ServerInterceptor):
-    """Admit the caller, bind per-RPC context, and write one ``rpc.completed`` event per RPC."""
+class RpcInterceptor(grpc.GenericRpcHandler):
+    """Admit the caller, give the RPC its log context, count it (see the module docstring).
 
-    def __init__(
-        self,
-        gate: CallerGate,
-        on_completed: Callable[[str, str, float], None] | None = None,
-    ) -> None:
-        """Args:
-        gate: authenticates callers and counts their usage.
-        on_completed: called with (method, code, seconds) after each RPC (the stats counters).
-        """
+    The server's one handler: services are added with :meth:`add_service` (or generic handlers
+    with :meth:`add_generic`), each method is wrapped once, and grpc looks methods up here with
+    one dict lookup per call. (A ``grpc.aio.ServerInterceptor`` would be awaited on every call to
+    wrap a handler that never changes.)
+
+    Args:
+        gate: authenticates callers.
+        tally: where finished RPCs are counted.
+        access_log_sample: write ``rpc.completed`` for one successful RPC in this many; 0: for
+            none (failed RPCs always write theirs).
+    """
+
+    def __init__(self, gate: CallerGate, tally: RpcTally, *, access_log_sample: int = 0) -> None:
+        if access_log_sample < 0:
+            raise ValueError("access_log_sample must be 0 (off) or a positive sampling interval")
         self._gate = gate
-        self._on_completed = on_completed
+        self._tally = tally
+        self._sample = access_log_sample
+        self._until_sampled = access_log_sample
+        self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+        self._generic: list[grpc.GenericRpcHandler] = []
 
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
+    def add_service(
+        self, service: str, handlers: Mapping[str, grpc.RpcMethodHandler[Any, Any]]
+    ) -> None:
+        """Serve ``service``'s methods (handlers by method name, as generated code lists them)."""
+        for name, handler in handlers.items():
+            method = f"/{service}/{name}"
+            self._handlers[method] = self._wrap(method, handler)
+
+    def add_generic(self, handler: grpc.GenericRpcHandler) -> None:
+        """Serve the methods ``handler`` resolves that no added service has."""
+        self._generic.append(handler)
+
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
         method = handler_call_details.method
+        wrapped = self._handlers.get(method)
+        if wrapped is None:
+            for generic in self._generic:
+                handler = generic.service(handler_call_details)
+                if handler is not None:
+                    # Only methods that have a handler are kept: unknown names cannot grow this.
+                    wrapped = self._handlers[method] = self._wrap(method, handler)
+                    break
+        return wrapped
+
+    def _wrap(
+        self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(method, cast("_Unary", handler.unary_unary)),
@@ -119,64 +246,75 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
             )
         return handler
 
-    async def _admit(
-        self, method: str, context: _Context, request: Any = None
-    ) -> CallerPolicy | None:
+    # -- each RPC ----------------------------------------------------------------------------------
+
+    def _admit(self, rpc: _Rpc, context: _Context, request: Any) -> str | None:
+        """Admit the caller of ``rpc`` and return its name (or raise the BrokerError to answer)."""
+        RPC_LOG_CONTEXT.set(rpc)
         if request is _UNDECODABLE:
-            await context.abort_with_status(
-                to_status(InvalidArgument("the request message cannot be decoded"))
-            )
-        try:
-            metadata = cast(
-                "Iterable[tuple[str, str | bytes]]", context.invocation_metadata() or ()
-            )
-            return self._gate.admit(method, metadata, context.auth_context() or {})
-        except CallerDenied as exc:
-            await context.abort_with_status(to_status(exc))
-            raise  # unreachable: abort_with_status raises
+            raise InvalidArgument(_UNDECODABLE_MESSAGE)
+        policy = self._gate.admit(rpc.method, _Metadata(context), _AuthContext(context))
+        CURRENT_CALLER.set(policy)
+        rpc.caller = caller = None if policy is None else policy.name
+        return caller
 
-    def _completed(
-        self,
-        method: str,
-        caller: CallerPolicy | None,
-        context: _Context,
-        failure: BaseException | None,
-        started: float,
-    ) -> None:
-        elapsed = time.perf_counter() - started
-        code = _code_name(context, failure)
-        if self._on_completed is not None:
-            self._on_completed(method, code, elapsed)
-        if caller is not None:
-            self._gate.completed(caller.name, method, code)
-        level = log.debug if method.startswith(_QUIET_PREFIXES) else log.info
-        level(Event.RPC_COMPLETED, grpc_code=code, duration_ms=round(elapsed * 1000, 3))
+    def _done(self, rpc: _Rpc, tally: MethodTally, context: _Context) -> None:
+        """Count an RPC whose handler returned: OK, unless the handler set another status."""
+        code = cast("grpc.StatusCode | None", context.code())
+        if code is None or code is grpc.StatusCode.OK:
+            tally.succeeded(rpc.caller_name(), time.perf_counter() - rpc.started)
+            self._sampled(rpc)
+        else:
+            self._finished(rpc, tally, str(code.name))
+        rpc.context = None
 
-    @contextlib.asynccontextmanager
-    async def _rpc(self, method: str, context: _Context, request: Any) -> AsyncIterator[None]:
-        """One RPC's scope: bound log context, caller admission, and the closing line."""
-        started = time.perf_counter()
-        failure: BaseException | None = None
-        caller: CallerPolicy | None = None
-        with bound_contextvars(
-            rpc_method=method, request_id=secrets.token_hex(8), peer=context.peer()
-        ):
-            try:
-                caller = await self._admit(method, context, request)
-                # Each RPC runs in its own task, so the value ends with it.
-                CURRENT_CALLER.set(caller)
-                with bound_contextvars(caller=caller.name if caller else None):
-                    yield
-            except BaseException as exc:
-                failure = exc
-                raise
-            finally:
-                self._completed(method, caller, context, failure, started)
+    def _sampled(self, rpc: _Rpc) -> None:
+        """Write the access log line of one successful RPC in ``access_log_sample``."""
+        if not self._sample:
+            return
+        self._until_sampled -= 1
+        if self._until_sampled <= 0:
+            self._until_sampled = self._sample
+            self._write(rpc, OK, sampled_1_in=self._sample)
+
+    def _failed(self, rpc: _Rpc, tally: MethodTally, context: _Context, exc: BaseException) -> None:
+        """Count and log an RPC that raised (an abort, a cancellation, a bug)."""
+        self._finished(rpc, tally, _code_name(context, exc))
+        rpc.context = None
+
+    def _finished(self, rpc: _Rpc, tally: MethodTally, code: str) -> None:
+        tally.finished(code, rpc.caller_name(), time.perf_counter() - rpc.started)
+        self._write(rpc, code)
+
+    def _write(self, rpc: _Rpc, code: str, **fields: object) -> None:
+        write = log.debug if rpc.method.startswith(_QUIET_PREFIXES) else log.info
+        elapsed_ms = round((time.perf_counter() - rpc.started) * 1000, 3)
+        write(Event.RPC_COMPLETED, grpc_code=code, duration_ms=elapsed_ms, **fields)
 
     def _wrap_unary(self, method: str, inner: _Unary) -> _Unary:
+        tally = self._tally.method(method, timed=True)
+        admit, done, failed, sampled = self._admit, self._done, self._failed, self._sampled
+        succeeded, clock = tally.succeeded, time.perf_counter
+
         async def unary(request: Any, context: _Context) -> Any:
-            async with self._rpc(method, context, request):
-                return await inner(request, context)
+            rpc = _Rpc(method, context)
+            try:
+                try:
+                    caller = admit(rpc, context, request)
+                except BrokerError as exc:
+                    await context.abort_with_status(to_status(exc))
+                response = await inner(request, context)
+            except BaseException as exc:
+                failed(rpc, tally, context, exc)
+                raise
+            if context.code() is None:  # OK, the common case: counted here without a call more
+                succeeded(caller, clock() - rpc.started)
+                if self._sample:
+                    sampled(rpc)
+                rpc.context = None
+            else:
+                done(rpc, tally, context)
+            return response
 
         return unary
 
@@ -186,20 +324,40 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
         grpc.aio iterates an async-generator handler and awaits a coroutine one; wrapping a
         coroutine in a generator would iterate a coroutine (UNKNOWN for every caller).
         """
+        tally = self._tally.method(method, timed=False)
+        admit, done, failed = self._admit, self._done, self._failed
         if inspect.iscoroutinefunction(inner):
             writer = cast("_Writer", inner)
 
             async def write(request: Any, context: _Context) -> None:
-                async with self._rpc(method, context, request):
+                rpc = _Rpc(method, context)
+                try:
+                    try:
+                        admit(rpc, context, request)
+                    except BrokerError as exc:
+                        await context.abort_with_status(to_status(exc))
                     await writer(request, context)
+                except BaseException as exc:
+                    failed(rpc, tally, context, exc)
+                    raise
+                done(rpc, tally, context)
 
             return write
 
         generator = cast("_Stream", inner)
 
         async def stream(request: Any, context: _Context) -> AsyncIterator[Any]:
-            async with self._rpc(method, context, request):
+            rpc = _Rpc(method, context)
+            try:
+                try:
+                    admit(rpc, context, request)
+                except BrokerError as exc:
+                    await context.abort_with_status(to_status(exc))
                 async for item in generator(request, context):
                     yield item
+            except BaseException as exc:
+                failed(rpc, tally, context, exc)
+                raise
+            done(rpc, tally, context)
 
         return stream
