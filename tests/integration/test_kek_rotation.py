@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -38,13 +37,6 @@ def fixture_private_redis_url(redis_process: RedisServerProcess) -> str:
     """A Redis of this test's own: reseal scans every identity's keys by design, so values that
     other tests sealed under their own KEKs would show up here as unreadable."""
     return redis_process.url
-
-
-@pytest.fixture(name="raw")
-async def fixture_raw(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
 
 
 async def seed(redis_url: str, identity: str, sealer: KekSealer) -> tuple[IdentityRecord, str]:

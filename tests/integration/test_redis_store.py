@@ -39,14 +39,6 @@ async def fixture_store(redis_url: str) -> AsyncIterator[RedisStore]:
     await store.close()
 
 
-@pytest.fixture(name="raw")
-async def fixture_raw(redis_url: str) -> AsyncIterator[redis.asyncio.Redis]:
-    """A plain client that sees exactly what is stored."""
-    client = redis.asyncio.Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
-
-
 def make_identity(name: str) -> IdentityRecord:
     return IdentityRecord(
         name=name,

@@ -37,13 +37,6 @@ async def fixture_store(redis_url: str) -> AsyncIterator[RedisStore]:
     await store.close()
 
 
-@pytest.fixture(name="raw")
-async def fixture_raw(redis_url: str) -> AsyncIterator[redis.asyncio.Redis]:
-    client = redis.asyncio.Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
-
-
 def identity(name: str) -> IdentityRecord:
     return IdentityRecord(
         name=name,

@@ -118,7 +118,7 @@ async def reseal_all(client: RedisClient, sealer: KekSealer) -> ResealReport:
         log.warning(Event.STORE_RESEAL_SKIPPED, key=key, reason=reason.value)
 
     async for raw_key in client.scan_iter(match=f"{keys.PREFIX}:{{*", count=500):
-        key = raw_key.decode(errors="replace") if isinstance(raw_key, bytes) else str(raw_key)
+        key = _text(raw_key)
         parsed = keys.parse_key(key)
         if parsed is None:
             skip(key, SkipReason.UNRECOGNISED_KEY)

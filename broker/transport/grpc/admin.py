@@ -6,6 +6,9 @@ closed: a server wired without the interceptor serves no one), converts and dele
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
 import grpc
 
 from broker._proto.credential_broker.v1 import admin_pb2 as apb
@@ -15,6 +18,10 @@ from broker.transport.grpc import convert
 from broker.transport.grpc.callers import CallerGate
 from broker.transport.grpc.servicer import admitted, answer
 
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Call = Callable[[], Awaitable[Resp]]
+
 
 class AdminServicer(apb_grpc.CredentialBrokerAdminServicer):
     """Implements the admin service over :class:`AdminOperations`."""
@@ -23,13 +30,22 @@ class AdminServicer(apb_grpc.CredentialBrokerAdminServicer):
         self._operations = operations
         self._gate = gate
 
+    async def _answer(self, context: grpc.aio.ServicerContext[Req, Resp], call: Call[Resp]) -> Resp:
+        """``answer`` for an admin caller only: checked here too, so a server wired without the
+        interceptor serves no one (fail closed)."""
+
+        async def checked() -> Resp:
+            admitted().check_admin()
+            return await call()
+
+        return await answer(context, checked, self._gate)
+
     async def ListIdentities(
         self,
         request: apb.ListIdentitiesRequest,
         context: grpc.aio.ServicerContext[apb.ListIdentitiesRequest, apb.ListIdentitiesResponse],
     ) -> apb.ListIdentitiesResponse:
         async def call() -> apb.ListIdentitiesResponse:
-            admitted().check_admin()  # fail closed even if wired without the interceptor
             states = await self._operations.list_identities()
             return apb.ListIdentitiesResponse(
                 identities=[
@@ -42,7 +58,7 @@ class AdminServicer(apb_grpc.CredentialBrokerAdminServicer):
                 ]
             )
 
-        return await answer(context, call, self._gate)
+        return await self._answer(context, call)
 
     async def RotateIdentity(
         self,
@@ -50,14 +66,13 @@ class AdminServicer(apb_grpc.CredentialBrokerAdminServicer):
         context: grpc.aio.ServicerContext[apb.RotateIdentityRequest, apb.RotateIdentityResponse],
     ) -> apb.RotateIdentityResponse:
         async def call() -> apb.RotateIdentityResponse:
-            admitted().check_admin()  # fail closed even if wired without the interceptor
             runtime, record, previous = await self._operations.rotate(request.identity)
             return apb.RotateIdentityResponse(
                 identity=convert.identity_to_proto(runtime, record, None),
                 previous_agent_runtime_id=previous or "",
             )
 
-        return await answer(context, call, self._gate)
+        return await self._answer(context, call)
 
     async def RevokeTask(
         self,
@@ -65,11 +80,10 @@ class AdminServicer(apb_grpc.CredentialBrokerAdminServicer):
         context: grpc.aio.ServicerContext[apb.RevokeTaskRequest, apb.RevokeTaskResponse],
     ) -> apb.RevokeTaskResponse:
         async def call() -> apb.RevokeTaskResponse:
-            admitted().check_admin()  # fail closed even if wired without the interceptor
             task_id = await self._operations.revoke_task(request.identity, request.thread_id)
             return apb.RevokeTaskResponse(task_id=task_id or "")
 
-        return await answer(context, call, self._gate)
+        return await self._answer(context, call)
 
     async def FlushCaches(
         self,
@@ -77,12 +91,11 @@ class AdminServicer(apb_grpc.CredentialBrokerAdminServicer):
         context: grpc.aio.ServicerContext[apb.FlushCachesRequest, apb.FlushCachesResponse],
     ) -> apb.FlushCachesResponse:
         async def call() -> apb.FlushCachesResponse:
-            admitted().check_admin()  # fail closed even if wired without the interceptor
             return apb.FlushCachesResponse(
                 identities=await self._operations.flush(request.identity)
             )
 
-        return await answer(context, call, self._gate)
+        return await self._answer(context, call)
 
     async def GetUsage(
         self,
@@ -90,7 +103,6 @@ class AdminServicer(apb_grpc.CredentialBrokerAdminServicer):
         context: grpc.aio.ServicerContext[apb.GetUsageRequest, apb.GetUsageResponse],
     ) -> apb.GetUsageResponse:
         async def call() -> apb.GetUsageResponse:
-            admitted().check_admin()  # fail closed even if wired without the interceptor
             return apb.GetUsageResponse(
                 callers=[
                     apb.CallerUsage(
@@ -104,4 +116,4 @@ class AdminServicer(apb_grpc.CredentialBrokerAdminServicer):
                 ]
             )
 
-        return await answer(context, call, self._gate)
+        return await self._answer(context, call)

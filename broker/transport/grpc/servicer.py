@@ -16,7 +16,6 @@ from broker._proto.credential_broker.v1 import broker_pb2 as pb
 from broker._proto.credential_broker.v1 import broker_pb2_grpc as pb_grpc
 from broker.core.callers import CallerDenied, CallerPolicy, Unauthenticated
 from broker.core.credentials.authorizer import Authorizer
-from broker.core.credentials.model import Authorization
 from broker.errors import BrokerError
 from broker.events import Event
 from broker.secrets import Secret
@@ -25,8 +24,6 @@ from broker.transport.grpc.callers import CURRENT_CALLER, CallerGate
 from broker.transport.grpc.status import internal_status, to_status
 
 log = structlog.get_logger("broker.grpc")
-
-_RESPONSE_CACHE_MAX = 10_000
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -88,21 +85,6 @@ class BrokerServicer(pb_grpc.CredentialBrokerServicer):
     def __init__(self, authorizer: Authorizer, gate: CallerGate | None = None) -> None:
         self._authorizer = authorizer
         self._gate = gate
-        # Warm hits return the same Authorization object until it is refreshed; its response
-        # message is built once (keyed by identity, holding the object so its id stays unique).
-        self._responses: dict[int, tuple[Authorization, pb.GetAuthorizationResponse]] = {}
-
-    def _response(self, authorization: Authorization) -> pb.GetAuthorizationResponse:
-        cached = self._responses.get(id(authorization))
-        if cached is not None and cached[0] is authorization:
-            return cached[1]
-        if len(self._responses) >= _RESPONSE_CACHE_MAX:
-            self._responses.clear()
-        response = pb.GetAuthorizationResponse(
-            authorization=convert.authorization_to_proto(authorization)
-        )
-        self._responses[id(authorization)] = (authorization, response)
-        return response
 
     async def GetAuthorization(
         self,
@@ -117,7 +99,11 @@ class BrokerServicer(pb_grpc.CredentialBrokerServicer):
                 convert.seconds_from_duration(request.min_remaining, "min_remaining"),
                 admitted(),
             )
-            return self._response(authorization)
+            # The broker serves this method from prebuilt bytes (prebuilt.py); this typed form
+            # is what a server without that handler answers.
+            return pb.GetAuthorizationResponse(
+                authorization=convert.authorization_to_proto(authorization)
+            )
 
         return await answer(context, call, self._gate)
 
