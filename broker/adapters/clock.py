@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime
 
 
 class SystemClock:
-    """Real time: ``datetime.now(UTC)`` and ``time.monotonic()``."""
+    """Real time: ``datetime.now(UTC)``, ``time.monotonic()`` and ``asyncio.sleep``."""
 
     def now(self) -> datetime:
         """The current time, aware, in UTC."""
@@ -16,3 +17,7 @@ class SystemClock:
     def monotonic(self) -> float:
         """Seconds on the monotonic clock."""
         return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        """Pause the calling task for ``seconds``."""
+        await asyncio.sleep(seconds)

@@ -38,6 +38,7 @@ import structlog
 from broker.core.credentials.model import AccountRecord, AccountState
 from broker.core.credentials.ports import Clock, Store, TokenEndpoint
 from broker.core.credentials.singleflight import SingleFlight
+from broker.core.credentials.waiting import poll_until
 from broker.core.protocol.login import LoginTokens
 from broker.errors import (
     AccountUnusable,
@@ -189,24 +190,26 @@ class AccountLogin:
         return await self._flights.do(str(seen.version), lambda: self._refresh_fleet(seen))
 
     async def _refresh_fleet(self, seen: AccountRecord) -> AccountRecord | None:
-        give_up_at = self._clock.monotonic() + self._wait_deadline
-        pause = 0.05
-        while True:
+        async def locked_or_moved_on() -> str | AccountRecord | None:
             lock = await self._store.acquire_lock(self._identity, REFRESH_LOCK, self._lock_ttl)
             if lock is not None:
-                try:
-                    return await self._refresh_locked(seen)
-                finally:
-                    await self._store.release_lock(self._identity, REFRESH_LOCK, lock)
+                return lock
             latest = await self.current(force=True)
-            if latest is not None and latest.version != seen.version:
-                return latest
-            if self._clock.monotonic() >= give_up_at:
-                raise RefreshUnavailable(
-                    f"another broker is refreshing the login of identity {self._identity!r}; retry"
-                )
-            await asyncio.sleep(pause)
-            pause = min(pause * 1.5, 0.5)
+            return latest if latest is not None and latest.version != seen.version else None
+
+        outcome: str | AccountRecord | None = await poll_until(
+            self._clock, locked_or_moved_on, deadline=self._wait_deadline
+        )
+        if outcome is None:
+            raise RefreshUnavailable(
+                f"another broker is refreshing the login of identity {self._identity!r}; retry"
+            )
+        if isinstance(outcome, AccountRecord):
+            return outcome  # another replica refreshed while this one waited: adopt its login
+        try:
+            return await self._refresh_locked(seen)
+        finally:
+            await self._store.release_lock(self._identity, REFRESH_LOCK, outcome)
 
     async def _refresh_locked(self, seen: AccountRecord) -> AccountRecord | None:
         record = await self.current(force=True)

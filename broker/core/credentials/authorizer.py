@@ -25,7 +25,6 @@ ask for a longer guaranteed remainder with ``min_remaining``.
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -59,6 +58,7 @@ from broker.core.credentials.spec import (
     validate_thread_id,
 )
 from broker.core.credentials.tasks import TaskRegistry
+from broker.core.credentials.waiting import poll_until
 from broker.core.credentials.watch import WatchHub, WatchKey
 from broker.core.protocol.assertion import build_assertion, parse_assertion, verify_assertion
 from broker.errors import (
@@ -78,13 +78,9 @@ log = structlog.get_logger("broker.authorizer")
 # An invalidation of this slot means "everything of the identity" (rotation, flush).
 ALL_SLOTS = "*"
 
-# How often a replica waiting for another's replacement (a task, the Bearer) looks again.
-_CLAIM_POLL_S = 0.02
-
-# A throttled Bearer report waits this long at most for a refresh in flight, looking this often
-# (each look reads the store: the refresh may be another replica's).
+# A throttled Bearer report waits this long at most for a refresh in flight (each look reads the
+# store: the refresh may be another replica's).
 _BEARER_WAIT_S = 2.0
-_BEARER_POLL_S = 0.1
 
 # Errors on the way to an assertion that the protocol answers with a Bearer fallback (§8.1).
 _FALLBACK_ERRORS = (ControlPlaneError, ProtocolError, IdentityUnusable, NoBearerToken)
@@ -641,17 +637,16 @@ class Authorizer:
         it) or the claim is let go (the claimant was throttled), bounded by the registration wait.
         """
         name = f"replacing:{record.agent_runtime_id}:{slot}:{task_id}"
-        give_up_at = self._clock.monotonic() + self._tasks.wait_deadline
-        while True:
+
+        async def claim() -> _Claim | bool | None:
             current = await self._tasks.peek(record, slot)
             if current is None or current.task_id != task_id:
-                return None
+                return False  # the task is gone: nothing left to claim
             token = await self._store.acquire_lock(record.name, name, self._rejection_min_interval)
-            if token is not None:
-                return _Claim(current, name, token)
-            if self._clock.monotonic() >= give_up_at:
-                return None
-            await asyncio.sleep(_CLAIM_POLL_S)
+            return None if token is None else _Claim(current, name, token)
+
+        outcome = await poll_until(self._clock, claim, deadline=self._tasks.wait_deadline)
+        return outcome if isinstance(outcome, _Claim) else None
 
     async def _await_new_bearer(self, runtime: IdentityRuntime, reported: Secret) -> None:
         """Wait a moment (at most 2 s) for the account's token to move on from ``reported``.
@@ -661,12 +656,14 @@ class Authorizer:
         its result rather than be handed the refused token, or a fallback built on it. If the token
         was refreshed already and is refused again, the wait simply runs out.
         """
-        wait = min(self._rejection_min_interval, _BEARER_WAIT_S)
-        for _ in range(max(1, round(wait / _BEARER_POLL_S))):
-            await asyncio.sleep(_BEARER_POLL_S)
+
+        async def moved_on() -> bool | None:
             latest = await runtime.bearer.reread()
-            if latest is None or latest != reported:
-                return
+            return True if latest is None or latest != reported else None
+
+        await poll_until(
+            self._clock, moved_on, deadline=min(self._rejection_min_interval, _BEARER_WAIT_S)
+        )
 
     async def _bearer_rejected(
         self,

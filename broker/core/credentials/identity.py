@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 
 import structlog
@@ -11,6 +10,7 @@ from broker.core.credentials.model import IdentityRecord
 from broker.core.credentials.ports import Clock, Store
 from broker.core.credentials.singleflight import SingleFlight, SingleFlightTimeout, fleet_once
 from broker.core.credentials.spec import IdentityRuntime, Profile, Source, binding
+from broker.core.credentials.waiting import poll_until
 from broker.core.protocol.keys import AgentKey
 from broker.errors import IdentityUnusable, NoBearerToken
 from broker.events import Event
@@ -182,15 +182,15 @@ class IdentityManager:
                 f"identity {name!r} comes from its {runtime.spec.source.value} source; rotate it "
                 "by replacing that file"
             )
-        give_up_at = self._clock.monotonic() + self._wait_deadline
-        while (
-            token := await self._store.acquire_lock(name, REGISTRATION_LOCK, self._lock_ttl)
-        ) is None:
-            if self._clock.monotonic() >= give_up_at:
-                raise SingleFlightTimeout(
-                    f"identity {name!r} is being registered elsewhere; rotation did not start"
-                )
-            await asyncio.sleep(0.05)
+        token = await poll_until(
+            self._clock,
+            lambda: self._store.acquire_lock(name, REGISTRATION_LOCK, self._lock_ttl),
+            deadline=self._wait_deadline,
+        )
+        if token is None:
+            raise SingleFlightTimeout(
+                f"identity {name!r} is being registered elsewhere; rotation did not start"
+            )
         try:
             previous = await self._store.load_identity(name)
             record = await self._register(runtime)

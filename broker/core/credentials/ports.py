@@ -24,7 +24,7 @@ from broker.secrets import Secret
 
 
 class Clock(Protocol):
-    """Wall-clock and monotonic time."""
+    """Wall-clock and monotonic time, and pausing on it."""
 
     def now(self) -> datetime:
         """The current time, aware, in UTC."""
@@ -32,6 +32,10 @@ class Clock(Protocol):
 
     def monotonic(self) -> float:
         """Seconds on a clock that never goes backwards (for deadlines)."""
+        ...
+
+    async def sleep(self, seconds: float) -> None:
+        """Pause the caller for ``seconds`` of this clock's time (waits bounded by a deadline)."""
         ...
 
 

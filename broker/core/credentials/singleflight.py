@@ -11,21 +11,23 @@ however many callers ask at the same moment, on however many replicas (DESIGN §
    is cached: the next caller after a failure tries again.
 2. Across replicas, :func:`fleet_once` takes a lock in the shared store (``SET NX PX`` with a random
    token; released by compare-and-delete). The winner looks again (another replica may have finished
-   just before), produces the value and writes it to the store before releasing. Losers poll the
-   store with a short, growing, jittered interval until the value appears or the lock is free again,
-   bounded by a deadline. A replica that dies holding the lock blocks the others only until the lock
-   expires: its TTL is the control plane's overall deadline plus a margin, and the waiters' deadline
-   is longer than that TTL, so a waiter takes over rather than giving up.
+   just before), produces the value and writes it to the store before releasing. Losers look again
+   (``waiting.poll_until``: a short, growing, jittered pause on the injected clock) until the value
+   appears or the lock is free again, bounded by a deadline. A replica that dies holding the lock
+   blocks the others only until the lock expires: its TTL is the control plane's overall deadline
+   plus a margin, and the waiters' deadline is longer than that TTL, so a waiter takes over rather
+   than giving up.
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from broker.core.credentials.ports import Clock, Store
+from broker.core.credentials.waiting import poll_until
 from broker.errors import BrokerError, ErrorKind
 
 K = TypeVar("K", bound=Hashable)
@@ -77,6 +79,13 @@ class SingleFlight(Generic[K, V]):
         return await asyncio.shield(task), leader
 
 
+@dataclass(frozen=True, slots=True)
+class _Held:
+    """The fleet-wide lock, taken (its fencing token)."""
+
+    token: str
+
+
 async def fleet_once(
     *,
     store: Store,
@@ -92,7 +101,7 @@ async def fleet_once(
 
     Args:
         store: the shared store holding the lock and the value.
-        clock: for the waiters' deadline.
+        clock: for the waiters' deadline and pauses.
         identity: the identity whose hash tag the lock lives under.
         lock_name: what is being produced (e.g. ``task:background``).
         lock_ttl: seconds the lock lives if its holder dies.
@@ -103,28 +112,27 @@ async def fleet_once(
     Raises:
         SingleFlightTimeout: the value did not appear and the lock stayed held past the deadline.
     """
-    value = await lookup()
-    if value is not None:
-        return value
-    give_up_at = clock.monotonic() + wait_deadline
-    pause = 0.02
-    while True:
-        token = await store.acquire_lock(identity, lock_name, lock_ttl)
-        if token is not None:
-            try:
-                value = await lookup()
-                if value is not None:
-                    return value
-                return await produce()
-            finally:
-                await store.release_lock(identity, lock_name, token)
-        if clock.monotonic() >= give_up_at:
-            raise SingleFlightTimeout(
-                f"another broker is registering {lock_name} for identity {identity!r}; "
-                "it did not finish in time, retry"
-            )
-        await asyncio.sleep(pause * (0.5 + random.random()))  # noqa: S311 (jitter, not crypto)
-        pause = min(pause * 1.5, 0.25)
+
+    async def found_or_locked() -> V | _Held | None:
         value = await lookup()
         if value is not None:
             return value
+        token = await store.acquire_lock(identity, lock_name, lock_ttl)
+        return None if token is None else _Held(token)
+
+    outcome: V | _Held | None = await poll_until(clock, found_or_locked, deadline=wait_deadline)
+    if outcome is None:
+        raise SingleFlightTimeout(
+            f"another broker is registering {lock_name} for identity {identity!r}; "
+            "it did not finish in time, retry"
+        )
+    if not isinstance(outcome, _Held):
+        return outcome
+    try:
+        # The winner may have written the value and released the lock since the look above.
+        value = await lookup()
+        if value is not None:
+            return value
+        return await produce()
+    finally:
+        await store.release_lock(identity, lock_name, outcome.token)

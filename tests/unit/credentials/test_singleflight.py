@@ -91,7 +91,7 @@ class TestFleetOnce:
 
         async def produce() -> int:
             produced.append(1)
-            await asyncio.sleep(0.01)
+            await clock.sleep(0.01)
             value["v"] = 99
             return 99
 
