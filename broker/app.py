@@ -33,7 +33,14 @@ from broker.adapters.oauth import OAuthTokenEndpoint
 from broker.adapters.sealing import PlaintextSealer, Sealer, load_kek_file
 from broker.adapters.store.embedded import EmbeddedStore
 from broker.adapters.store.redis import RedisStore
-from broker.config import IdentitySettings, Settings
+from broker.config import (
+    IdentitySettings,
+    ImportSource,
+    JwtFileSource,
+    OAuthAccount,
+    Settings,
+    TokenFileAccount,
+)
 from broker.core.callers import CallerRegistry
 from broker.core.credentials.account import AccountLogin, import_login
 from broker.core.credentials.admin import AdminOperations
@@ -41,7 +48,7 @@ from broker.core.credentials.authorizer import ALL_SLOTS, Authorizer
 from broker.core.credentials.circuit import CircuitBreaker, CircuitState
 from broker.core.credentials.identity import IdentityManager
 from broker.core.credentials.ports import BearerSource, Clock, IdentitySource, Store
-from broker.core.credentials.spec import IdentityRuntime, IdentitySpec, Source
+from broker.core.credentials.spec import IdentityRuntime, IdentitySpec
 from broker.core.credentials.tasks import TaskRegistry
 from broker.core.protocol import agent_jwt
 from broker.core.protocol.login import parse_auth_json
@@ -137,16 +144,11 @@ def build_store(settings: Settings, clock: Clock) -> Store:
 
 
 def identity_spec(settings: Settings, identity: IdentitySettings) -> IdentitySpec:
-    """The core's view of one configured identity."""
+    """The core's view of one configured identity: the identity settings it reads (each marked
+    ``core`` where declared) and the broker-wide assertion and thread-task settings."""
     return IdentitySpec(
         name=identity.name,
-        controlplane_url=identity.controlplane_url,
-        profile=identity.profile,
-        enabled=identity.enabled,
-        account_id=identity.account_id,
-        user_id=identity.user_id,
-        fedramp=identity.fedramp,
-        extra_hosts=identity.supported_hosts,
+        **identity.core_fields(),
         assertion_ttl=settings.assertion_ttl,
         refresh_margin=settings.refresh_margin,
         thread_task_ttl=settings.thread_task_ttl,
@@ -156,8 +158,6 @@ def identity_spec(settings: Settings, identity: IdentitySettings) -> IdentitySpe
             "agent_harness_id": "credential-broker",
             "running_location": "broker-linux",
         },
-        source=identity.source,
-        bootstrap_cooldown=identity.bootstrap_cooldown,
     )
 
 
@@ -255,17 +255,17 @@ class BrokerApp:
         self.port: int | None = None
 
     def _login_for(self, identity: IdentitySettings) -> AccountLogin | None:
-        if identity.account_source != "login":
+        account = identity.account
+        if not isinstance(account, OAuthAccount):
             return None
-        assert identity.oauth_client_id is not None  # noqa: S101  (config guarantees it)
         login = AccountLogin(
             identity=identity.name,
             store=self.store,
             endpoint=OAuthTokenEndpoint(
-                self._http, issuer=identity.oauth_issuer, client_id=identity.oauth_client_id
+                self._http, issuer=account.oauth_issuer, client_id=account.oauth_client_id
             ),
             clock=self.clock,
-            refresh_margin=identity.account_refresh_margin,
+            refresh_margin=account.account_refresh_margin,
             lock_ttl=self.settings.registration_deadline + 5.0,
             wait_deadline=self.settings.registration_deadline + 10.0,
             on_binding_change=self._binding_changed,
@@ -280,28 +280,29 @@ class BrokerApp:
         await self.store.publish_invalidation(name, ALL_SLOTS)
 
     def _source_for(self, identity: IdentitySettings) -> IdentitySource | None:
-        if identity.source is Source.IMPORT:
-            assert identity.import_file is not None  # noqa: S101  (config guarantees it)
-            return ImportIdentitySource(identity.name, identity.import_file, self.clock)
-        if identity.source is Source.JWT:
+        source = identity.source
+        if isinstance(source, ImportSource):
+            return ImportIdentitySource(identity.name, source.import_file, self.clock)
+        if isinstance(source, JwtFileSource):
             jwks = JwksCache(
                 self._http,
-                identity.jwks_url or agent_jwt.jwks_url(identity.controlplane_url),
+                source.jwks_url or agent_jwt.jwks_url(identity.controlplane_url),
                 self.clock,
             )
             return JwtIdentitySource(
                 identity.name,
                 jwks,
                 self.clock,
-                path=identity.jwt_file,
-                issuer=identity.jwt_issuer,
-                audience=identity.jwt_audience,
+                path=source.jwt_file,
+                issuer=source.jwt_issuer,
+                audience=source.jwt_audience,
             )
         return None
 
     def _bearer_for(self, identity: IdentitySettings) -> BearerSource:
-        if identity.bearer_token_file is not None:
-            return TokenFileBearer(identity.bearer_token_file, self.clock)
+        account = identity.account
+        if isinstance(account, TokenFileAccount) and account.bearer_token_file is not None:
+            return TokenFileBearer(account.bearer_token_file, self.clock)
         return StaticBearer(None)
 
     @property
@@ -317,8 +318,9 @@ class BrokerApp:
             ConfigError: the listen address cannot be bound.
         """
         for identity in self.settings.identities:
-            if identity.account_file is not None and identity.name in self.logins:
-                await self._import_account_file(identity.name, identity.account_file)
+            account = identity.account
+            if isinstance(account, OAuthAccount) and account.account_file is not None:
+                await self._import_account_file(identity.name, account.account_file)
         for name in self.authorizer.identity_names:
             runtime = self.authorizer.runtime(name)
             if isinstance(runtime.source, ImportIdentitySource):

@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 
 from broker import __version__
-from broker.config import load_settings
+from broker.config import flag_help, load_settings, serve_epilog, serve_flags
 from broker.errors import BrokerError, ConfigError
 from broker.events import Event
 from broker.logs import configure_logging
@@ -29,47 +29,16 @@ DEFAULT_BROKER = "127.0.0.1:50051"
 
 
 def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--listen", help="HOST:PORT to serve gRPC on (BROKER_LISTEN)")
-    parser.add_argument("--redis-url", help="shared state; embedded when unset (BROKER_REDIS_URL)")
-    parser.add_argument(
-        "--controlplane-url", help="control-plane base URL (BROKER_CONTROLPLANE_URL)"
-    )
-    parser.add_argument(
-        "--bearer-token-file", help="account access token file (BROKER_BEARER_TOKEN_FILE)"
-    )
-    parser.add_argument(
-        "--account-id", help="ChatGPT account the identity binds to (BROKER_ACCOUNT_ID)"
-    )
-    parser.add_argument("--kek-file", help="key-encryption key file (BROKER_KEK_FILE)")
-    parser.add_argument(
-        "--assertion-ttl", help="seconds an assertion is valid (BROKER_ASSERTION_TTL)"
-    )
-    parser.add_argument("--log-level", help="debug, info, warning, error (BROKER_LOG_LEVEL)")
-    parser.add_argument(
-        "--ops-listen",
-        help="[HOST:]PORT for /metrics, /healthz, /readyz; a bare port is loopback "
-        "(BROKER_OPS_LISTEN)",
-    )
-    parser.add_argument(
-        "--allow-unsealed-store",
-        action="store_const",
-        const=True,
-        help="keep secrets in Redis unsealed when no KEK is set (development only; "
-        "BROKER_ALLOW_UNSEALED_STORE)",
-    )
-    parser.add_argument(
-        "--allow-anonymous-callers",
-        action="store_const",
-        const=True,
-        help="serve a non-loopback address without [callers]: every peer is an admin "
-        "(BROKER_ALLOW_ANONYMOUS_CALLERS)",
-    )
-    parser.add_argument(
-        "--workers",
-        help="broker processes sharing the port under one supervisor; auto: one per CPU with "
-        "Redis, 1 on the embedded store (BROKER_WORKERS)",
-    )
-    # Removed: refused by load_settings with a pointer to the two flags above.
+    """A flag for each setting that declares one (its help from the setting's doc string)."""
+    for flag, row in serve_flags():
+        if isinstance(row.default, bool):
+            parser.add_argument(
+                flag, dest=row.key, action="store_const", const=True, help=flag_help(row)
+            )
+        else:
+            parser.add_argument(flag, dest=row.key, help=flag_help(row))
+    # Removed: refused by load_settings with a pointer to --allow-unsealed-store and
+    # --allow-anonymous-callers.
     parser.add_argument("--insecure", action="store_const", const=True, help=argparse.SUPPRESS)
     # Internal: how the supervisor starts each worker (settings arrive on stdin, broker/supervisor).
     parser.add_argument("--supervised-worker", action="store_true", help=argparse.SUPPRESS)
@@ -97,7 +66,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    _add_serve_flags(commands.add_parser("serve", help="run the broker"))
+    serve = commands.add_parser(
+        "serve",
+        help="run the broker",
+        description="Run the broker with the settings of its flags, environment and BROKER_CONFIG.",
+        epilog=serve_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_serve_flags(serve)
 
     dev = commands.add_parser(
         "dev", help="run the emulator and a broker wired to it (embedded store)"
@@ -301,21 +277,8 @@ def _serve(args: argparse.Namespace) -> int:
         from broker.supervisor import run_worker
 
         return run_worker()
-    overrides: dict[str, Any] = {
-        "listen": args.listen,
-        "redis_url": args.redis_url,
-        "controlplane_url": args.controlplane_url,
-        "bearer_token_file": args.bearer_token_file,
-        "account_id": args.account_id,
-        "kek_file": args.kek_file,
-        "assertion_ttl": args.assertion_ttl,
-        "log_level": args.log_level,
-        "ops_listen": args.ops_listen,
-        "allow_unsealed_store": args.allow_unsealed_store,
-        "allow_anonymous_callers": args.allow_anonymous_callers,
-        "insecure": args.insecure,
-        "workers": args.workers,
-    }
+    overrides: dict[str, Any] = {row.key: getattr(args, row.key) for _, row in serve_flags()}
+    overrides["insecure"] = args.insecure
     settings = load_settings(os.environ, overrides)
     configure_logging(settings.log_level)
     if settings.workers > 1:

@@ -76,12 +76,8 @@ def secret_files(settings: Settings) -> list[tuple[str, Path]]:
     """``(setting, path)`` of every configured file that holds a secret."""
     files: list[tuple[str, Path | None]] = [("kek_file", settings.kek_file)]
     for identity in settings.identities:
-        where = f"identities.{identity.name}"
         files += [
-            (f"{where}.bearer_token_file", identity.bearer_token_file),
-            (f"{where}.jwt_file", identity.jwt_file),
-            (f"{where}.import_file", identity.import_file),
-            (f"{where}.account_file", identity.account_file),
+            (f"identities.{identity.name}.{key}", path) for key, path in identity.secret_files
         ]
     if settings.tls is not None:
         files.append(("tls.key_file", settings.tls.key_file))

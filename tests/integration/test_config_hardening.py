@@ -248,7 +248,7 @@ class TestAgentIdentityJwt:
         settings = load_settings(
             {"BROKER_IDENTITY_SOURCE": "jwt", "BROKER_AGENT_IDENTITY_JWT_FILE": str(jwt_file)}
         )
-        assert settings.identity("default").jwt_file == jwt_file
+        assert settings.identity("default").source.jwt_file == jwt_file
 
 
 class TestDuplicateCallers:
