@@ -24,24 +24,26 @@ help:
 	@echo "make run | make test | make lint | make proto | make bench | make lock | make test-latest | make clean"
 
 # The install resolves nothing: it takes the committed lock (requirements/dev.txt, every package
-# pinned with its hashes), then the broker and the Python client as editable installs built with the
-# locked setuptools. `make lock` rewrites the lock; `make test-latest` tries the newest releases.
+# pinned with its hashes), then the broker, the Python client and the control-plane emulator (a
+# development package: emulator/) as editable installs built with the locked setuptools.
+# `make lock` rewrites the lock; `make test-latest` tries the newest releases.
 LOCK := requirements/dev.txt
 UV_COMPILE = $(BIN)/uv pip compile --universal --python-version 3.11 --generate-hashes --quiet
 
-$(STAMP): pyproject.toml clients/python/pyproject.toml $(LOCK)
+$(STAMP): pyproject.toml clients/python/pyproject.toml emulator/pyproject.toml $(LOCK)
 	@if ! $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null; then \
 	  echo "python venv support is missing; installing python3-venv"; \
 	  apt-get update -qq && apt-get install -y -qq python3-venv; \
 	fi
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r $(LOCK)
-	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e . -e clients/python
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e . -e clients/python -e emulator
 	$(BIN)/python -m pip check
 	@touch $@
 
 install: $(STAMP)
 
+# `credential-broker dev` imports the emulator (installed above) and runs it beside the broker.
 run: $(STAMP)
 	$(BIN)/credential-broker dev
 
@@ -74,12 +76,13 @@ lint: $(STAMP) lint-checks
 
 # The checks alone, with whichever venv VENV names (test-latest runs them in its own).
 lint-checks:
-	$(BIN)/ruff format --check broker tests bench scripts
-	$(BIN)/ruff check broker tests bench scripts
+	$(BIN)/ruff format --check broker emulator tests bench scripts
+	$(BIN)/ruff check broker emulator tests bench scripts
 	$(BIN)/mypy
 	$(BIN)/buf lint
 	$(BIN)/buf format --diff --exit-code proto
 	$(BIN)/python -m broker.catalog --check
+	$(BIN)/python -m broker.config --check
 	$(BIN)/kubernetes-validate --strict -k 1.30.0 deploy/kubernetes/*.yaml
 	$(BIN)/yamllint -d "{extends: default, rules: {line-length: {max: 120}, document-start: disable}}" deploy
 	$(BIN)/hadolint --failure-threshold warning deploy/Dockerfile
@@ -88,11 +91,15 @@ test: $(STAMP) redis-server check-generated lint clients-check clients-lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory clients-test
 
-# Re-resolve the lock after a change to pyproject.toml, keeping every pin that still fits;
-# `make lock UPGRADE=1` moves every package to its newest allowed release instead.
+# Re-resolve the lock after a change to a pyproject.toml, keeping every pin that still fits;
+# `make lock UPGRADE=1` moves every package to its newest allowed release instead. The dev lock holds
+# the broker's extras, the client's and the emulator's dependencies (the broker itself, which the
+# emulator requires, is installed from this tree: not pinned); the image's lock holds only what the
+# broker needs at run time (no extras, no emulator).
 lock: $(STAMP)
-	$(UV_COMPILE) $(if $(UPGRADE),--upgrade) --extra dev -o $(LOCK) \
-	  pyproject.toml clients/python/pyproject.toml requirements/build.in
+	$(UV_COMPILE) $(if $(UPGRADE),--upgrade) --extra dev --extra dashboard \
+	  --no-emit-package credential-broker -o $(LOCK) \
+	  pyproject.toml clients/python/pyproject.toml emulator/pyproject.toml requirements/build.in
 	$(UV_COMPILE) -c $(LOCK) -o requirements/broker.txt pyproject.toml requirements/build.in
 	@echo "lock written: $(LOCK) (development and CI), requirements/broker.txt (the image)"
 
@@ -104,7 +111,8 @@ test-latest: redis-server
 	rm -rf $(LATEST)
 	$(PYTHON) -m venv $(LATEST)
 	$(LATEST)/bin/python -m pip install --quiet --upgrade pip
-	$(LATEST)/bin/python -m pip install --quiet --upgrade -e '.[dev]' -e 'clients/python[dev]'
+	$(LATEST)/bin/python -m pip install --quiet --upgrade -e '.[dev,dashboard]' -e 'clients/python[dev]' \
+	  -e emulator
 	$(LATEST)/bin/python scripts/lock_drift.py $(LOCK) $(LATEST)/bin/python
 	$(MAKE) --no-print-directory VENV=$(LATEST) lint-checks
 	$(LATEST)/bin/pytest -m 'not slow' $(PYTEST_ARGS)

@@ -17,9 +17,8 @@ from pathlib import Path
 from bench._server import serve_until_signalled
 from broker.app import BrokerApp, run_event_loop
 from broker.config import load_settings
-from broker.devmode import DEV_ACCOUNT, DEV_TOKEN
-from broker.emulator import Emulator
 from broker.logs import configure_logging
+from cb_emulator import DEV_ACCOUNT, DEV_TOKEN, Emulator
 
 
 def parser(prog: str) -> argparse.ArgumentParser:

@@ -43,7 +43,7 @@ from bench.processes import BenchError, RedisProcess, free_port, h2load_binary
 from broker._proto.credential_broker.v1 import broker_pb2 as pb
 from broker._proto.credential_broker.v1 import broker_pb2_grpc as pb_grpc
 from broker.adapters.sealing import generate_kek_line
-from broker.devmode import DEV_ACCOUNT, DEV_TOKEN
+from cb_emulator import DEV_ACCOUNT, DEV_TOKEN
 
 _READY_TIMEOUT_S: Final = 30.0
 _STOP_TIMEOUT_S: Final = 20.0
@@ -81,7 +81,7 @@ def _tail(path: Path) -> str:
 
 
 class EmulatorProcess:
-    """``credential-broker emulator`` on a free loopback port, accepting the development token."""
+    """``credential-broker-emulator`` on a free loopback port, accepting the development token."""
 
     def __init__(self, workdir: Path) -> None:
         self.port = free_port()
@@ -103,7 +103,7 @@ class EmulatorProcess:
         token = f"{DEV_TOKEN}:{DEV_ACCOUNT.account_id}:{DEV_ACCOUNT.user_id}"
         argv = [
             sys.executable,
-            *("-m", "broker", "emulator"),
+            *("-m", "cb_emulator"),
             *("--listen", f"127.0.0.1:{self.port}"),
             *("--token", token),
             *("--log-level", "warning"),

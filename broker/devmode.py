@@ -1,42 +1,58 @@
-"""``credential-broker dev`` and ``credential-broker emulator``: try the broker with nothing else.
+"""``credential-broker dev``: try the broker with nothing else.
 
 ``dev`` starts the control-plane emulator and a broker wired to it on the embedded store, prints the
 addresses and a command to try on stderr (stdout stays one JSON event per line), and runs until
 interrupted.
+
+The emulator is a separate development package (``credential-broker-emulator``, import name
+``cb_emulator``, in ``emulator/`` of the repository): the broker's image does not contain it, so it
+is imported here only when a development command runs, and its absence is one clear error.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
-import signal
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from broker.app import BrokerApp
 from broker.config import load_settings
-from broker.emulator import Emulator, EmulatorAccount
-from broker.errors import ConfigError
+from broker.errors import BrokerError, ErrorKind
 
-DEV_TOKEN = "dev-access-token"  # noqa: S105  (the emulator's public development token)
-DEV_ACCOUNT = EmulatorAccount(account_id="acct-dev", user_id="user-dev")
+if TYPE_CHECKING:
+    from types import ModuleType
 
-
-def _split(listen: str, setting: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigError(f"{setting}: expected HOST:PORT, got {listen!r}")
-    return host.strip("[]"), int(port)
+EMULATOR_PACKAGE = "cb_emulator"
+EMULATOR_DISTRIBUTION = "credential-broker-emulator"
 
 
-async def _wait_for_signal() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
+class EmulatorNotInstalled(BrokerError):
+    """A development command needs the control-plane emulator, which is not installed."""
+
+    reason = "EMULATOR_NOT_INSTALLED"
+    kind = ErrorKind.FAILED_PRECONDITION
+
+
+def load_emulator() -> ModuleType:
+    """The emulator's package, imported now.
+
+    Raises:
+        EmulatorNotInstalled: the development package is absent (as in the broker's image).
+    """
+    try:
+        import cb_emulator
+    except ModuleNotFoundError as exc:
+        if exc.name != EMULATOR_PACKAGE:
+            raise
+        raise EmulatorNotInstalled(
+            "the control-plane emulator is a development package that is not installed: "
+            f"install {EMULATOR_DISTRIBUTION} (`pip install -e emulator` in the repository; "
+            "`make install` does)"
+        ) from None
+    return cb_emulator
 
 
 def _say(text: str) -> None:
@@ -45,7 +61,11 @@ def _say(text: str) -> None:
 
 async def run_dev(listen: str, emulator_listen: str) -> int:
     """Run the emulator and a broker wired to it until SIGINT/SIGTERM."""
-    host, port = _split(emulator_listen, "--emulator-listen")
+    load_emulator()
+    from cb_emulator import DEV_ACCOUNT, DEV_TOKEN, Emulator
+    from cb_emulator.cli import split_listen, wait_for_signal
+
+    host, port = split_listen(emulator_listen, "--emulator-listen")
     workdir = Path(tempfile.mkdtemp(prefix="credential-broker-dev-"))
     token_file = workdir / "access-token"
     fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -62,7 +82,7 @@ async def run_dev(listen: str, emulator_listen: str) -> int:
                 "account_id": DEV_ACCOUNT.account_id,
                 "user_id": DEV_ACCOUNT.user_id,
                 # the emulator runs on loopback, which the reference host list does not include
-                "supported_hosts": _split(url.split("/")[2], "emulator")[0],
+                "supported_hosts": split_listen(url.split("/")[2], "emulator")[0],
             },
         )
         app = BrokerApp(settings)
@@ -81,36 +101,19 @@ async def run_dev(listen: str, emulator_listen: str) -> int:
                 f" {url}/protected\n"
                 "Stop with Ctrl-C.\n"
             )
-            await _wait_for_signal()
+            await wait_for_signal()
         finally:
             await app.stop()
     return 0
 
 
-def parse_token_specs(specs: Sequence[str]) -> dict[str, EmulatorAccount]:
-    """``TOKEN[:ACCOUNT[:USER]]`` strings to the emulator's token table."""
-    tokens: dict[str, EmulatorAccount] = {}
-    for spec in specs:
-        token, _, rest = spec.partition(":")
-        account, _, user = rest.partition(":")
-        if not token:
-            raise ConfigError(f"--token: empty token in {spec!r}")
-        tokens[token] = EmulatorAccount(
-            account_id=account or "acct-dev", user_id=user or "user-dev"
-        )
-    return tokens
-
-
 async def run_emulator(
     listen: str, token_specs: Sequence[str], *, plaintext_task_ids: bool, require_biscuit: bool
 ) -> int:
-    """Run the control-plane emulator alone until SIGINT/SIGTERM."""
-    host, port = _split(listen, "--listen")
-    tokens = parse_token_specs(token_specs) or None
-    async with Emulator(
-        tokens=tokens, plaintext_task_ids=plaintext_task_ids, require_biscuit=require_biscuit
-    ) as emulator:
-        url = await emulator.start(host, port)
-        _say(f"control-plane emulator at {url} (test controls under /_emulator/)")
-        await _wait_for_signal()
-    return 0
+    """Run the control-plane emulator alone (``credential-broker-emulator``) until a signal."""
+    load_emulator()
+    from cb_emulator.cli import run_emulator as run
+
+    return await run(
+        listen, token_specs, plaintext_task_ids=plaintext_task_ids, require_biscuit=require_biscuit
+    )

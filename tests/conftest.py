@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -20,11 +21,17 @@ pytest_plugins = [
 
 
 class ManualClock:
-    """A clock that moves only when told to (implements the Clock port)."""
+    """A clock that moves only when told to, or when a task sleeps on it (the Clock port).
+
+    ``sleep`` takes no real time: it yields to the event loop once, then moves the clock to the
+    sleeper's wake-up time unless another sleeper already moved it further. The pauses asked for
+    are kept in ``slept``.
+    """
 
     def __init__(self, start: datetime | None = None) -> None:
         self._now = start or datetime(2026, 4, 13, 12, 0, 0, tzinfo=UTC)
         self._mono = 1000.0
+        self.slept: list[float] = []
 
     def now(self) -> datetime:
         return self._now
@@ -40,6 +47,13 @@ class ManualClock:
         delta = (moment - self._now).total_seconds()
         self._now = moment
         self._mono += max(delta, 0.0)
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        wake = self._mono + max(seconds, 0.0)
+        await asyncio.sleep(0)
+        if wake > self._mono:
+            self.advance(wake - self._mono)
 
 
 @pytest.fixture(name="clock")

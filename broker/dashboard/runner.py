@@ -92,8 +92,8 @@ def _has_rich() -> bool:
         import rich  # noqa: F401
     except ImportError:
         sys.stderr.write(
-            "credential-broker dashboard: the screen needs the 'rich' package "
-            "(pip install rich); '--once --format json' works without it\n"
+            "credential-broker dashboard: the screen needs the 'dashboard' extra "
+            "(pip install 'credential-broker[dashboard]'); '--once --format json' works without it\n"
         )
         return False
     return True

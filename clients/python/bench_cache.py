@@ -26,7 +26,7 @@ from pathlib import Path
 import structlog
 from broker.app import BrokerApp
 from broker.config import load_settings
-from broker.emulator import Emulator
+from cb_emulator import Emulator
 
 from credential_broker_client import BrokerClient, SyncBrokerClient
 

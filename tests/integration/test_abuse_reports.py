@@ -24,7 +24,7 @@ import pytest
 from broker._proto.credential_broker.v1 import broker_pb2 as pb
 from broker.core.protocol.assertion import build_assertion
 from broker.core.protocol.keys import AgentKey
-from broker.emulator import Emulator
+from cb_emulator import Emulator
 from tests.fixtures.broker import RunningBroker, StartBroker
 from tests.integration.helpers import error_reason
 

@@ -19,7 +19,7 @@ from grpc_status import rpc_status
 from broker._proto.credential_broker.v1 import broker_pb2 as pb
 from broker.core.callers import hash_token
 from broker.core.credentials.spec import ThreadTaskLimits
-from broker.emulator import Emulator
+from cb_emulator import Emulator
 from tests.fixtures.broker import RunningBroker, StartBroker
 from tests.integration.helpers import error_reason
 

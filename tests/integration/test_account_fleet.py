@@ -13,7 +13,7 @@ import pytest
 from broker._proto.credential_broker.v1 import broker_pb2 as pb
 from broker.adapters.sealing import load_kek_file
 from broker.adapters.store import RedisStore
-from broker.emulator import Emulator
+from cb_emulator import Emulator
 from tests.fixtures.fleet import Report, StartFleet
 from tests.integration.test_account_login import TOKEN_NAMES, assert_login_sealed, login_tokens
 

@@ -19,7 +19,7 @@ from broker.adapters.sealing import KekSealer
 from broker.adapters.store import keys
 from broker.catalog import problems
 from broker.core.credentials.model import AccountRecord
-from broker.emulator import Emulator
+from cb_emulator import Emulator
 from tests.fixtures.broker import RunningBroker, StartBroker
 from tests.integration.helpers import call_protected, error_reason
 

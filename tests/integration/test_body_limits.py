@@ -28,9 +28,9 @@ import pytest
 from broker._proto.credential_broker.v1 import broker_pb2 as pb
 from broker.adapters.identity_sources import JwksCache
 from broker.adapters.oauth import OAuthTokenEndpoint
-from broker.emulator import Emulator
 from broker.errors import ControlPlaneUnavailable, RefreshOutcomeUnknown, RefreshUnavailable
 from broker.secrets import Secret
+from cb_emulator import Emulator
 from tests.conftest import ManualClock
 from tests.fixtures.fleet import Report, StartFleet
 

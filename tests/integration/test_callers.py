@@ -17,7 +17,7 @@ from broker._proto.credential_broker.v1 import admin_pb2_grpc as apb_grpc
 from broker._proto.credential_broker.v1 import broker_pb2 as pb
 from broker._proto.credential_broker.v1 import broker_pb2_grpc as pb_grpc
 from broker.core.callers import hash_token
-from broker.emulator import Emulator
+from cb_emulator import Emulator
 from tests.fixtures.broker import RunningBroker, StartBroker
 from tests.integration.helpers import call_protected, error_reason
 

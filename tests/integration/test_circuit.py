@@ -11,9 +11,9 @@ from broker.adapters.controlplane import ControlPlaneClient, RetryPolicy, build_
 from broker.core.credentials.circuit import CircuitBreaker, CircuitState
 from broker.core.credentials.spec import Profile
 from broker.core.protocol.keys import AgentKey
-from broker.emulator import Emulator
 from broker.errors import ControlPlaneError, ControlPlaneUnavailable
 from broker.secrets import Secret
+from cb_emulator import Emulator
 from tests.conftest import ManualClock
 
 pytestmark = pytest.mark.integration

@@ -17,7 +17,7 @@ import pytest
 import trustme
 
 from broker.core.callers import hash_token
-from broker.emulator import Emulator
+from cb_emulator import Emulator
 from tests.fixtures.broker import RunningBroker, StartBroker
 
 pytestmark = pytest.mark.integration

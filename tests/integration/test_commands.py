@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.emulator import Emulator
+from cb_emulator import Emulator
 from tests.conftest import free_port
 from tests.fixtures.broker import StartBroker
 

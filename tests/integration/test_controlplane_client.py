@@ -24,10 +24,10 @@ from broker.adapters.controlplane import (
 from broker.core.protocol.keys import AgentKey
 from broker.core.protocol.task_id import task_id_from_response
 from broker.core.protocol.task_registration import task_registration_body
-from broker.emulator import Emulator, EmulatorAccount
 from broker.errors import ControlPlaneError, ControlPlaneUnavailable, NoBearerToken, UrlError
 from broker.events import Event
 from broker.secrets import Secret
+from cb_emulator import Emulator, EmulatorAccount
 from tests.conftest import free_port
 from tests.fixtures.emulator import StartEmulator
 

@@ -25,8 +25,8 @@ import grpc
 import pytest
 
 from broker._proto.credential_broker.v1 import broker_pb2 as pb
-from broker.emulator import Emulator
 from broker.logs import configure_logging
+from cb_emulator import Emulator
 from tests.fixtures.broker import RunningBroker, StartBroker
 
 pytestmark = pytest.mark.integration

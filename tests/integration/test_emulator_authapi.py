@@ -21,8 +21,8 @@ from broker.core.protocol.assertion import build_assertion
 from broker.core.protocol.keys import AgentKey
 from broker.core.protocol.task_id import task_id_from_response
 from broker.core.protocol.task_registration import task_registration_body
-from broker.emulator import DEFAULT_AUDIENCE, DEFAULT_ISSUER, Emulator, EmulatorAccount
 from broker.events import Event
+from cb_emulator import DEFAULT_AUDIENCE, DEFAULT_ISSUER, Emulator, EmulatorAccount
 from tests.conftest import ManualClock
 from tests.fixtures.emulator import StartEmulator
 

@@ -23,8 +23,8 @@ import jwt
 import pytest
 
 from broker.core.protocol.keys import AgentKey
-from broker.emulator import Emulator
 from broker.events import Event
+from cb_emulator import Emulator
 from tests.conftest import ManualClock
 from tests.fixtures.emulator import StartEmulator
 

@@ -41,9 +41,9 @@ from broker.catalog import (
 )
 from broker.catalog.__main__ import main as catalog_main
 from broker.core.callers import hash_token
-from broker.emulator import Emulator
 from broker.events import Event
 from broker.logs import REDACTED, configure_logging, redact_secrets
+from cb_emulator import Emulator
 from tests.fixtures.broker import RunningBroker, StartBroker
 from tests.fixtures.emulator import StartEmulator
 from tests.fixtures.redis import RedisServerProcess
@@ -413,10 +413,13 @@ _NOT_FIELDS = frozenset({"exc_info"})
 
 
 def _call_sites() -> list[tuple[str, str, str | None, set[str]]]:
-    """Every ``<logger>.<method>(Event.X, field=...)`` call in broker/: where, event, level, fields."""
+    """Every ``<logger>.<method>(Event.X, field=...)`` call: where, event, level, fields.
+
+    The calls of the broker (broker/) and of the control-plane emulator (emulator/).
+    """
     root = Path(__file__).resolve().parents[2]
     sites = []
-    for path in sorted((root / "broker").rglob("*.py")):
+    for path in sorted([*(root / "broker").rglob("*.py"), *(root / "emulator").rglob("*.py")]):
         if "catalog" in path.relative_to(root).parts:
             continue  # the catalogue's own entries name events too
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):

@@ -24,7 +24,7 @@ from grpc_health.v1 import health_pb2
 from broker._proto.credential_broker.v1 import broker_pb2 as pb
 from broker.adapters.store import keys
 from broker.core.protocol.assertion import parse_assertion
-from broker.emulator import Emulator
+from cb_emulator import Emulator
 from tests.fixtures.fleet import Fleet, Replica, Report, StartFleet, wait_until
 from tests.fixtures.redis import RedisServerProcess
 from tests.integration.helpers import call_protected, error_reason

@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 
 from broker._proto.credential_broker.v1 import broker_pb2 as pb
 from broker.adapters.store import keys
-from broker.emulator import Emulator
+from cb_emulator import Emulator
 from tests.fixtures.fleet import Report, StartFleet, wait_until
 from tests.integration.helpers import call_protected
 

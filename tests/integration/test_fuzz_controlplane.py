@@ -55,7 +55,6 @@ from broker.core.credentials.model import task_slot
 from broker.core.protocol.keys import AgentKey, curve25519_public_from_ed25519
 from broker.core.protocol.task_id import seal_task_id, task_id_from_response
 from broker.core.protocol.task_registration import task_registration_body
-from broker.emulator import Emulator, EmulatorAccount
 from broker.errors import (
     BrokerError,
     ControlPlaneError,
@@ -63,6 +62,7 @@ from broker.errors import (
     TaskIdError,
 )
 from broker.secrets import Secret
+from cb_emulator import Emulator, EmulatorAccount
 from tests.fixtures.broker import DEV_TOKEN, UNMETERED_THREADS, StartBroker
 from tests.fixtures.emulator import StartEmulator
 from tests.fuzz_helpers import (

@@ -51,8 +51,8 @@ from broker._proto.credential_broker.v1 import broker_pb2 as pb
 from broker.core.callers import hash_token
 from broker.core.credentials.spec import IDENTITY_NAME, MAX_THREAD_ID_LEN
 from broker.core.protocol.assertion import parse_assertion
-from broker.emulator import Emulator
 from broker.errors import ProtocolError
+from cb_emulator import Emulator
 from tests.fixtures.broker import RunningBroker, StartBroker
 from tests.fuzz_helpers import (
     INVALID_UTF8,

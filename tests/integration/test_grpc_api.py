@@ -14,7 +14,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from broker._proto.credential_broker.v1 import broker_pb2 as pb
 from broker.core.protocol.assertion import parse_assertion, verify_assertion
 from broker.core.protocol.keys import parse_ssh_public_key
-from broker.emulator import Emulator
+from cb_emulator import Emulator
 from tests.fixtures.broker import StartBroker
 from tests.integration.helpers import call_protected, error_reason
 

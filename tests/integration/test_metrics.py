@@ -24,10 +24,10 @@ from broker._proto.credential_broker.v1 import broker_pb2 as pb
 from broker.app import BrokerApp
 from broker.config import load_settings
 from broker.core.callers import hash_token
-from broker.emulator import Emulator
 from broker.errors import ConfigError
 from broker.events import Event
 from broker.metrics import METRICS, BrokerMetrics
+from cb_emulator import Emulator
 from tests.conftest import free_port
 from tests.fixtures.broker import RunningBroker, StartBroker
 from tests.fixtures.redis import RedisServerProcess

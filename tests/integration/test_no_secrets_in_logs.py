@@ -19,9 +19,9 @@ import grpc
 import pytest
 
 from broker._proto.credential_broker.v1 import broker_pb2 as pb
-from broker.emulator import Emulator
 from broker.events import Event
 from broker.logs import configure_logging
+from cb_emulator import Emulator
 from tests.conftest import ManualClock
 from tests.fixtures.broker import DEV_TOKEN, StartBroker
 from tests.integration.helpers import error_reason

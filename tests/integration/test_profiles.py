@@ -12,8 +12,8 @@ import pytest
 
 from broker._proto.credential_broker.v1 import broker_pb2 as pb
 from broker.core.protocol.keys import AgentKey
-from broker.emulator import Emulator
 from broker.errors import ConfigError
+from cb_emulator import Emulator
 from tests.fixtures.broker import StartBroker
 from tests.integration.helpers import call_protected, error_reason
 

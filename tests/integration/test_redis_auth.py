@@ -36,8 +36,8 @@ from broker.adapters.store._redis_client import (
     parse_topology,
 )
 from broker.config import load_settings
-from broker.emulator import Emulator
 from broker.errors import ConfigError, StoreUnavailable
+from cb_emulator import Emulator
 from tests.fixtures.broker import StartBroker
 from tests.fixtures.secured_redis import (
     SecuredCluster,

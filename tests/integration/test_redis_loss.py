@@ -8,8 +8,8 @@ import pytest
 
 from broker._proto.credential_broker.v1 import broker_pb2 as pb
 from broker.catalog import CATALOGUE
-from broker.emulator import Emulator
 from broker.events import Event
+from cb_emulator import Emulator
 from tests.fixtures.broker import StartBroker
 from tests.fixtures.redis import RedisServerProcess
 from tests.integration.helpers import call_protected

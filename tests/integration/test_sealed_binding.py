@@ -22,7 +22,7 @@ from broker.adapters.store._codec import encode_identity, field_associated_data
 from broker.core.credentials.model import AccountRecord, AccountState, IdentityRecord
 from broker.core.protocol.keys import AgentKey
 from broker.core.protocol.login import tokens_from
-from broker.emulator import Emulator
+from cb_emulator import Emulator
 
 pytestmark = pytest.mark.integration
 

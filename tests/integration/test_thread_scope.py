@@ -15,7 +15,7 @@ import pytest
 
 from broker._proto.credential_broker.v1 import broker_pb2 as pb
 from broker.core.callers import hash_token
-from broker.emulator import Emulator
+from cb_emulator import Emulator
 from tests.fixtures.broker import RunningBroker, StartBroker
 
 pytestmark = pytest.mark.integration

@@ -47,9 +47,9 @@ from broker.adapters.store._redis_client import (
     parse_topology,
 )
 from broker.core.credentials.model import BACKGROUND, TaskRecord, task_slot
-from broker.emulator import Emulator
 from broker.errors import ConfigError, StoreUnavailable
 from broker.transport.grpc.server import STORE_HEALTH
+from cb_emulator import Emulator
 from tests.conftest import ManualClock, free_port
 from tests.fixtures.broker import RunningBroker, StartBroker
 from tests.fixtures.fleet import Report

@@ -13,7 +13,7 @@ import pytest
 from broker._proto.credential_broker.v1 import admin_pb2 as apb
 from broker._proto.credential_broker.v1 import admin_pb2_grpc as apb_grpc
 from broker._proto.credential_broker.v1 import broker_pb2 as pb
-from broker.emulator import Emulator
+from cb_emulator import Emulator
 from tests.fixtures.broker import StartBroker
 
 pytestmark = pytest.mark.integration

@@ -31,9 +31,9 @@ from broker._proto.credential_broker.v1 import broker_pb2 as pb
 from broker._proto.credential_broker.v1 import broker_pb2_grpc as pb_grpc
 from broker.catalog import problems
 from broker.config import available_cpus, load_settings
-from broker.emulator import Emulator
 from broker.errors import ConfigError
 from broker.supervisor import RESTART_DELAY_MIN_S, restart_delay, worker_settings
+from cb_emulator import Emulator
 from tests.conftest import free_port
 from tests.fixtures.fleet import STOP_MARGIN_S, Replica, Report, StartFleet, wait_until
 

@@ -17,7 +17,7 @@ from typing import Final, TypeVar
 
 from broker.app import BrokerApp
 from broker.config import load_settings
-from broker.emulator import Emulator, EmulatorTask
+from cb_emulator import Emulator, EmulatorTask
 
 DEV_TOKEN: Final = "dev-access-token"
 ACCOUNT_ID: Final = "acct-dev"

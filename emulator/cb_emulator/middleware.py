@@ -20,10 +20,10 @@ from typing import Final
 import structlog
 from aiohttp import web
 
-from broker.emulator.faults import Fault
-from broker.emulator.model import Rejection
-from broker.emulator.state import EmulatorState
 from broker.events import Event
+from cb_emulator.faults import Fault
+from cb_emulator.model import Rejection
+from cb_emulator.state import EmulatorState
 
 MAX_REQUEST_BODY: Final = 1024 * 1024
 _HTTP_REASONS: Final[Mapping[int, str]] = {

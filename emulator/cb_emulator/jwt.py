@@ -28,8 +28,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from broker.core.protocol.keys import AgentKey
-from broker.emulator.model import EmulatorAccount
-from broker.emulator.state import EmulatorState
+from cb_emulator.model import EmulatorAccount
+from cb_emulator.state import EmulatorState
 
 ALGORITHM: Final = "RS256"
 DEFAULT_ISSUER: Final = "https://chatgpt.com/codex-backend/agent-identity"

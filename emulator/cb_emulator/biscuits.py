@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from broker.core.credentials.ports import Clock
-from broker.emulator.model import EmulatorAccount, Rejection
+from cb_emulator.model import EmulatorAccount, Rejection
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,10 +22,10 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
-from broker.emulator.middleware import note_reason
-from broker.emulator.model import EmulatorAccount, OAuthError, Rejection
-from broker.emulator.oauth import LoginBook
-from broker.emulator.routes import json_body
+from cb_emulator.middleware import note_reason
+from cb_emulator.model import EmulatorAccount, OAuthError, Rejection
+from cb_emulator.oauth import LoginBook
+from cb_emulator.routes import json_body
 
 OAUTH_TOKEN_PATH: Final = "/oauth/token"  # noqa: S105 -- a URL path, not a secret
 FORM_MEDIA_TYPE: Final = "application/x-www-form-urlencoded"

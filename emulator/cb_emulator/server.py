@@ -1,8 +1,8 @@
 """The emulator's HTTP server: an aiohttp application around :class:`EmulatorState` (protocol §12).
 
-The application serves the ChatGPT-backend endpoints (:mod:`broker.emulator.routes`), the AuthAPI and
-the JWKS (:mod:`broker.emulator.authapi`), the OAuth token endpoint (:mod:`broker.emulator.oauth`) and
-the ``/_emulator/`` test controls; one middleware (:mod:`broker.emulator.middleware`) counts, injects
+The application serves the ChatGPT-backend endpoints (:mod:`cb_emulator.routes`), the AuthAPI and
+the JWKS (:mod:`cb_emulator.authapi`), the OAuth token endpoint (:mod:`cb_emulator.oauth`) and
+the ``/_emulator/`` test controls; one middleware (:mod:`cb_emulator.middleware`) counts, injects
 faults, renders refusals as JSON and logs one ``emulator.request`` event per request. Headers, tokens, biscuits, assertions and JWTs are never logged.
 """
 
@@ -18,29 +18,29 @@ from aiohttp import web
 
 from broker.adapters.clock import SystemClock
 from broker.core.credentials.ports import Clock
-from broker.emulator.authapi import AUTHAPI_PREFIX, JWKS_PATH, AuthApiRoutes
-from broker.emulator.faults import Fault
-from broker.emulator.jwt import (
+from broker.events import Event
+from cb_emulator.authapi import AUTHAPI_PREFIX, JWKS_PATH, AuthApiRoutes
+from cb_emulator.faults import Fault
+from cb_emulator.jwt import (
     DEFAULT_AUDIENCE,
     DEFAULT_ISSUER,
     JwtSpec,
     SigningKeySet,
     mint_agent_identity_jwt,
 )
-from broker.emulator.middleware import MAX_REQUEST_BODY, Middleware
-from broker.emulator.model import (
+from cb_emulator.middleware import MAX_REQUEST_BODY, Middleware
+from cb_emulator.model import (
     DEFAULT_TOKENS,
     EmulatorAccount,
     EmulatorIdentity,
     EmulatorStats,
     EmulatorTask,
 )
-from broker.emulator.oauth import DEFAULT_CLIENT_ID
-from broker.emulator.oauth_controls import OAuthControls
-from broker.emulator.oauth_routes import OAuthRoutes
-from broker.emulator.routes import PREFIX, ControlRoutes, ProtocolRoutes
-from broker.emulator.state import EmulatorState
-from broker.events import Event
+from cb_emulator.oauth import DEFAULT_CLIENT_ID
+from cb_emulator.oauth_controls import OAuthControls
+from cb_emulator.oauth_routes import OAuthRoutes
+from cb_emulator.routes import PREFIX, ControlRoutes, ProtocolRoutes
+from cb_emulator.state import EmulatorState
 
 _SHUTDOWN_GRACE_SECONDS: Final = 1.0
 
@@ -55,7 +55,7 @@ class Emulator(OAuthControls):
     it publishes a JWKS and mints Agent Identity JWTs for tests (§10). It is also the OAuth provider
     of ChatGPT logins: :meth:`create_login` makes an ``auth.json`` whose access token is a Bearer
     here and whose refresh token rotates at ``POST {issuer_url}/oauth/token`` (see
-    :mod:`broker.emulator.oauth`).
+    :mod:`cb_emulator.oauth`).
 
     Call :meth:`start` and :meth:`stop`, or scope it with ``async with``, which stops it on exit::
 

@@ -7,8 +7,8 @@ request fields over time, §12.1).
 from __future__ import annotations
 
 from broker.core.protocol.keys import parse_ssh_public_key
-from broker.emulator.model import Rejection
 from broker.errors import KeyFormatError
+from cb_emulator.model import Rejection
 
 
 def identity_fields(body: object) -> tuple[bytes, tuple[str, ...]]:

@@ -26,9 +26,11 @@ class EmulatorAccount:
 
 REFRESH_GRANT: Final = "refresh_token"
 
-DEFAULT_TOKENS: Final[Mapping[str, EmulatorAccount]] = MappingProxyType(
-    {"dev-access-token": EmulatorAccount("acct-dev", "user-dev")}
-)
+# The public development login: ``credential-broker dev`` and the benchmarks use it.
+DEV_TOKEN: Final = "dev-access-token"  # noqa: S105  (public, accepted only by the emulator)
+DEV_ACCOUNT: Final = EmulatorAccount(account_id="acct-dev", user_id="user-dev")
+
+DEFAULT_TOKENS: Final[Mapping[str, EmulatorAccount]] = MappingProxyType({DEV_TOKEN: DEV_ACCOUNT})
 
 
 class Rejection(Exception):

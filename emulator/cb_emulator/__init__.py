@@ -8,15 +8,18 @@ window, task ownership and revocation, ``ChatGPT-Account-ID`` and the FedRAMP he
 §15). Test controls (faults, revocation, counters, Agent Identity JWTs, JWKS rotation, logins) exist
 both as Python methods and as ``/_emulator/`` HTTP endpoints.
 
-Run it alone with ``python -m broker emulator`` (see :mod:`broker.cli`).
+Run it alone with ``credential-broker-emulator`` or ``python -m cb_emulator`` (see
+:mod:`cb_emulator.cli`); ``credential-broker dev`` runs it beside a broker.
 """
 
 from __future__ import annotations
 
-from broker.emulator.faults import ENDPOINTS, Fault
-from broker.emulator.jwt import DEFAULT_AUDIENCE, DEFAULT_ISSUER, JwtSpec
-from broker.emulator.model import (
+from cb_emulator.faults import ENDPOINTS, Fault
+from cb_emulator.jwt import DEFAULT_AUDIENCE, DEFAULT_ISSUER, JwtSpec
+from cb_emulator.model import (
     DEFAULT_TOKENS,
+    DEV_ACCOUNT,
+    DEV_TOKEN,
     EmulatorAccount,
     EmulatorIdentity,
     EmulatorLogin,
@@ -24,14 +27,16 @@ from broker.emulator.model import (
     EmulatorTask,
     OAuthStats,
 )
-from broker.emulator.oauth import DEFAULT_CLIENT_ID as DEFAULT_OAUTH_CLIENT_ID
-from broker.emulator.server import Emulator
+from cb_emulator.oauth import DEFAULT_CLIENT_ID as DEFAULT_OAUTH_CLIENT_ID
+from cb_emulator.server import Emulator
 
 __all__ = [
     "DEFAULT_AUDIENCE",
     "DEFAULT_ISSUER",
     "DEFAULT_OAUTH_CLIENT_ID",
     "DEFAULT_TOKENS",
+    "DEV_ACCOUNT",
+    "DEV_TOKEN",
     "ENDPOINTS",
     "Emulator",
     "EmulatorAccount",

@@ -10,7 +10,7 @@
 - ``GET /backend-api/wham/agent-identities/jwks`` (``jwks``): the public JWK Set (§10.3, G4 rule for
   a base containing ``/backend-api``).
 - ``POST /_emulator/jwt``, ``/_emulator/jwks/rotate`` and ``/_emulator/jwks/retire``: test controls
-  (see :mod:`broker.emulator.jwt`).
+  (see :mod:`cb_emulator.jwt`).
 
 The named resources share the fault and stats machinery of the ChatGPT-backend endpoints.
 """
@@ -21,11 +21,11 @@ from typing import Final
 
 from aiohttp import web
 
-from broker.emulator.bodies import identity_fields
-from broker.emulator.jwt import JwtSpec, SigningKeySet, mint_agent_identity_jwt
-from broker.emulator.model import Rejection
-from broker.emulator.routes import PREFIX, fedramp_header, json_body
-from broker.emulator.state import EmulatorState
+from cb_emulator.bodies import identity_fields
+from cb_emulator.jwt import JwtSpec, SigningKeySet, mint_agent_identity_jwt
+from cb_emulator.model import Rejection
+from cb_emulator.routes import PREFIX, fedramp_header, json_body
+from cb_emulator.state import EmulatorState
 
 AUTHAPI_PREFIX: Final = "/api/accounts"
 JWKS_PATH: Final = f"{PREFIX}/wham/agent-identities/jwks"

@@ -1,8 +1,8 @@
 """HTTP handlers of the emulator: protocol endpoints and ``/_emulator/`` test controls (protocol §12).
 
 Handlers are thin: they read headers and the JSON body, make one call on
-:class:`broker.emulator.state.EmulatorState`, and render the result. Refusals travel as
-:class:`broker.emulator.state.Rejection` and are rendered by the server's middleware as
+:class:`cb_emulator.state.EmulatorState`, and render the result. Refusals travel as
+:class:`cb_emulator.state.Rejection` and are rendered by the server's middleware as
 ``{"ok": false, "reason": …, "message": …}``.
 """
 
@@ -14,9 +14,9 @@ from typing import Final
 from aiohttp import web
 from yarl import URL
 
-from broker.emulator.faults import Fault
-from broker.emulator.model import Rejection
-from broker.emulator.state import EmulatorState
+from cb_emulator.faults import Fault
+from cb_emulator.model import Rejection
+from cb_emulator.state import EmulatorState
 
 PREFIX: Final = "/backend-api"
 ORIGINAL_METHODS: Final = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
@@ -168,7 +168,7 @@ class ControlRoutes:
         return web.json_response(self._state.stats().to_json())
 
     async def faults(self, request: web.Request) -> web.Response:
-        """Queue a fault (see :class:`broker.emulator.faults.Fault`)."""
+        """Queue a fault (see :class:`cb_emulator.faults.Fault`)."""
         try:
             fault = Fault.from_json(await json_body(request))
         except (TypeError, ValueError) as exc:

@@ -1,19 +1,19 @@
 """The :class:`Emulator`'s Python controls for ChatGPT logins and the OAuth token endpoint.
 
-A mixin, so that :mod:`broker.emulator.server` stays small; the rules live in
-:mod:`broker.emulator.oauth` and the HTTP twins of these methods in :mod:`broker.emulator.oauth_routes`.
+A mixin, so that :mod:`cb_emulator.server` stays small; the rules live in
+:mod:`cb_emulator.oauth` and the HTTP twins of these methods in :mod:`cb_emulator.oauth_routes`.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-from broker.emulator.faults import Fault
-from broker.emulator.model import EmulatorAccount, EmulatorLogin
-from broker.emulator.oauth_routes import OAUTH_TOKEN_PATH
+from cb_emulator.faults import Fault
+from cb_emulator.model import EmulatorAccount, EmulatorLogin
+from cb_emulator.oauth_routes import OAUTH_TOKEN_PATH
 
 if TYPE_CHECKING:
-    from broker.emulator.state import EmulatorState
+    from cb_emulator.state import EmulatorState
 
 LostAnswer = Literal["drop", "reset", "delay"]
 

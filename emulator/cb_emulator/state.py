@@ -1,12 +1,12 @@
 """The emulated control plane's state and rules, without HTTP (protocol §4, §5, §12).
 
-Theory of operation: the HTTP layer (:mod:`broker.emulator.routes`, :mod:`broker.emulator.authapi`)
+Theory of operation: the HTTP layer (:mod:`cb_emulator.routes`, :mod:`cb_emulator.authapi`)
 turns each request into one call here with plain values (header strings, the decoded JSON body, the
 canonical request URL) and turns the result, or a :class:`Rejection`, into a response. The rules the
 emulator enforces live in this module: which credentials authorise which call, biscuit binding and
 single use, signature and skew checks, task ownership and revocation, the FedRAMP header. The AuthAPI's
-own body rules (§4.3) are in :mod:`broker.emulator.authapi` and Agent Identity JWTs in
-:mod:`broker.emulator.jwt`; both act through the public methods here. All state is in memory and is only touched from the event loop with no
+own body rules (§4.3) are in :mod:`cb_emulator.authapi` and Agent Identity JWTs in
+:mod:`cb_emulator.jwt`; both act through the public methods here. All state is in memory and is only touched from the event loop with no
 ``await`` between reading and writing it, so each call is atomic.
 
 The emulator's policy where the protocol leaves the server unspecified (§12, §14.3): a ±``skew_seconds``
@@ -30,10 +30,11 @@ from broker.core.protocol.assertion import SCHEME as ASSERTION_SCHEME
 from broker.core.protocol.assertion import parse_assertion, verify_assertion
 from broker.core.protocol.task_id import seal_task_id
 from broker.core.protocol.task_registration import verify_task_registration
-from broker.emulator.biscuits import BiscuitBook
-from broker.emulator.bodies import identity_fields, json_object
-from broker.emulator.faults import ENDPOINTS, Fault, FaultQueue
-from broker.emulator.model import (
+from broker.errors import ProtocolError, SignatureInvalid
+from cb_emulator.biscuits import BiscuitBook
+from cb_emulator.bodies import identity_fields, json_object
+from cb_emulator.faults import ENDPOINTS, Fault, FaultQueue
+from cb_emulator.model import (
     EmulatorAccount,
     EmulatorIdentity,
     EmulatorStats,
@@ -41,8 +42,7 @@ from broker.emulator.model import (
     Rejection,
     Verified,
 )
-from broker.emulator.oauth import LoginBook
-from broker.errors import ProtocolError, SignatureInvalid
+from cb_emulator.oauth import LoginBook
 
 COUNTERS: Final = (
     "biscuits_minted",

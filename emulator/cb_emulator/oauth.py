@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 from typing import Final
 
 from broker.core.credentials.ports import Clock
-from broker.emulator.model import (
+from cb_emulator.model import (
     EmulatorAccount,
     EmulatorLogin,
     IssuedTokens,
