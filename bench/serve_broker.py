@@ -15,9 +15,10 @@ import tempfile
 from pathlib import Path
 
 from bench._server import serve_until_signalled
-from broker.app import BrokerApp, run_event_loop
+from broker.app import BrokerApp, GetAuthorizationFactory, run_event_loop
 from broker.config import load_settings
 from broker.logs import configure_logging
+from broker.transport.grpc.prebuilt import PrebuiltGetAuthorization
 from cb_emulator import DEV_ACCOUNT, DEV_TOKEN, Emulator
 
 
@@ -37,8 +38,14 @@ def parser(prog: str) -> argparse.ArgumentParser:
     return options
 
 
-async def run(args: argparse.Namespace) -> None:
-    """Start emulator and broker, serve until SIGTERM/SIGINT, then stop both."""
+async def run(
+    args: argparse.Namespace, get_authorization: GetAuthorizationFactory = PrebuiltGetAuthorization
+) -> None:
+    """Start emulator and broker, serve until SIGTERM/SIGINT, then stop both.
+
+    ``get_authorization`` builds the broker's ``GetAuthorization`` handler (the echo server's
+    answers fixed bytes).
+    """
     with tempfile.TemporaryDirectory(prefix="bench-broker-") as workdir:
         token_file = Path(workdir) / "access-token"
         token_file.write_text(DEV_TOKEN + "\n", encoding="utf-8")
@@ -66,7 +73,7 @@ async def run(args: argparse.Namespace) -> None:
                 env["BROKER_CONFIG"] = str(config)
             settings = load_settings(env)
             configure_logging(settings.log_level)
-            app = BrokerApp(settings)
+            app = BrokerApp(settings, get_authorization=get_authorization)
             try:
                 await app.start()
                 if app.port is None:

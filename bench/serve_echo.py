@@ -12,11 +12,9 @@ and the broker is what the authorizer's warm path costs.
 from __future__ import annotations
 
 from pathlib import Path
-from unittest import mock
 
 import grpc
 
-import broker.app
 from bench import serve_broker
 from broker._proto.credential_broker.v1 import broker_pb2 as pb
 from broker.app import run_event_loop
@@ -47,9 +45,7 @@ def main() -> None:
         options.error("the echo server keeps no state: it takes no --redis-url")
     response = args.response.read_bytes()
     pb.GetAuthorizationResponse.FromString(response)  # refuse a file that is not a response
-    # The composition root names the handler class it builds; swap it for this process only.
-    with mock.patch.object(broker.app, "PrebuiltGetAuthorization", echo_handler(response)):
-        run_event_loop(serve_broker.run(args))
+    run_event_loop(serve_broker.run(args, get_authorization=echo_handler(response)))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import contextvars
 import logging
 import re
 import sys
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any, Final, Protocol, TextIO
 
 import structlog
@@ -108,13 +108,41 @@ def shared_processors() -> list[structlog.typing.Processor]:
     ]
 
 
-def configure_logging(level: str = "info", stream: TextIO | None = None) -> None:
-    """Send JSON lines (one event per line) to ``stream`` (stdout by default) at ``level``."""
+def process_fields(fields: Mapping[str, object]) -> structlog.typing.Processor:
+    """structlog processor: add ``fields`` (which process wrote the line) to every line that does
+    not set them itself."""
+
+    def add(
+        _logger: object, _method: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        for name, value in fields.items():
+            event_dict.setdefault(name, value)
+        return event_dict
+
+    return add
+
+
+def configure_logging(
+    level: str = "info",
+    stream: TextIO | None = None,
+    *,
+    process: Mapping[str, object] | None = None,
+) -> None:
+    """Send JSON lines (one event per line) to ``stream`` (stdout by default) at ``level``.
+
+    ``process`` fields go on every line (a supervised worker's ``worker`` index, so the lines of a
+    pod's workers can be told apart in one merged stream).
+    """
     numeric = logging.getLevelNamesMapping().get(level.upper())
     if numeric is None:
         raise ValueError(f"unknown log level {level!r}")
+    extra = [process_fields(dict(process))] if process else []
     structlog.configure(
-        processors=[*shared_processors(), structlog.processors.JSONRenderer(sort_keys=False)],
+        processors=[
+            *shared_processors(),
+            *extra,
+            structlog.processors.JSONRenderer(sort_keys=False),
+        ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.WriteLoggerFactory(file=stream or sys.stdout),
         cache_logger_on_first_use=False,

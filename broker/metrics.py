@@ -43,6 +43,7 @@ from prometheus_client.registry import Collector
 
 from broker import __version__
 from broker.core.credentials.circuit import CircuitState
+from broker.core.credentials.counters import AuthorizerCounters
 from broker.core.credentials.model import FallbackReason
 from broker.errors import ConfigError
 
@@ -190,10 +191,10 @@ class _StateCollector(Collector):
         self.rpcs: RpcTally | None = None
 
     def describe(self) -> Iterable[Metric]:
-        return [*self._rpc_families(None), *self._families(Tally(), Tally(), 0, 0)]
+        return [*self._rpc_families(None), *self._families(AuthorizerCounters(), Tally(), 0, 0)]
 
     def collect(self) -> Iterable[Metric]:
-        counters: Tally[str] = Tally(self.authorizer.counters if self.authorizer else {})
+        counters = self.authorizer.counters if self.authorizer else AuthorizerCounters()
         rules: Tally[str] = Tally()
         for usage in (self.gate.usage if self.gate else {}).values():
             rules.update(usage.by_rule)
@@ -220,28 +221,26 @@ class _StateCollector(Collector):
         yield latency
 
     def _families(
-        self, counters: Tally[str], rules: Tally[str], streams: int, topics: int
+        self, counters: AuthorizerCounters, rules: Tally[str], streams: int, topics: int
     ) -> Iterator[Metric]:
         family = CounterMetricFamily(
             AUTHORIZATIONS.name, AUTHORIZATIONS.help, labels=list(AUTHORIZATIONS.labels)
         )
-        assertions = counters["l1_hit"] + counters["l2_hit"] + counters["assertion_minted"]
-        family.add_metric(["agent_assertion", FallbackReason.NONE.value], assertions)
-        for reason in FallbackReason:
-            if reason is not FallbackReason.NONE:
-                family.add_metric(["bearer", reason.value], counters[f"bearer.{reason.value}"])
+        family.add_metric(["agent_assertion", FallbackReason.NONE.value], counters.assertions)
+        for reason, answers in counters.bearer.items():
+            family.add_metric(["bearer", reason.value], answers)
         yield family
         hits = CounterMetricFamily(CACHE_HITS.name, CACHE_HITS.help, labels=["level"])
-        hits.add_metric(["l1"], counters["l1_hit"])
-        hits.add_metric(["l2"], counters["l2_hit"])
+        hits.add_metric(["l1"], counters.l1_hit)
+        hits.add_metric(["l2"], counters.l2_hit)
         yield hits
         misses = CounterMetricFamily(CACHE_MISSES.name, CACHE_MISSES.help, labels=["level"])
-        misses.add_metric(["l1"], counters["l1_miss"])
-        misses.add_metric(["l2"], counters["assertion_minted"])
+        misses.add_metric(["l1"], counters.l1_miss)
+        misses.add_metric(["l2"], counters.assertion_minted)
         yield misses
-        yield CounterMetricFamily(MINTED.name, MINTED.help, value=counters["assertion_minted"])
+        yield CounterMetricFamily(MINTED.name, MINTED.help, value=counters.assertion_minted)
         yield CounterMetricFamily(
-            THROTTLED.name, THROTTLED.help, value=counters["rejection_throttled"]
+            THROTTLED.name, THROTTLED.help, value=counters.rejection_throttled
         )
         denied = CounterMetricFamily(DENIED.name, DENIED.help, labels=["rule"])
         for rule in sorted({*DENIAL_RULES, *rules}):

@@ -329,7 +329,7 @@ def run_worker() -> int:
             with contextlib.suppress(OSError):  # the supervisor is gone: PDEATHSIG stops us
                 channel.sendall(READY)
 
-        configure_logging(spec.settings.log_level)
+        configure_logging(spec.settings.log_level, process={"worker": spec.index})
         harden_process(spec.settings)  # before any secret is read
         run_event_loop(serve(spec.settings, ready=ready, worker=spec.index))
     return 0

@@ -9,7 +9,7 @@ rewrites) that page.
 from __future__ import annotations
 
 from broker.catalog._entries import CATALOGUE
-from broker.catalog._fields import BASE_FIELDS, CONTEXT_FIELDS
+from broker.catalog._fields import BASE_FIELDS, CONTEXT_FIELDS, PROCESS_FIELDS
 from broker.catalog._markdown import DOCS_PATH, render_markdown
 from broker.catalog._validate import problems, type_matches
 
@@ -18,6 +18,7 @@ __all__ = [
     "CATALOGUE",
     "CONTEXT_FIELDS",
     "DOCS_PATH",
+    "PROCESS_FIELDS",
     "problems",
     "render_markdown",
     "type_matches",

@@ -138,6 +138,20 @@ _SPECS: Final = (
         ),
     ),
     EventSpec(
+        Event.BACKGROUND_RESTARTED,
+        Level.WARNING,
+        "A background job of the process (invalidations, health, stats) failed or ended; it "
+        "starts again after delay_s.",
+        (
+            FieldSpec("job", STR, "the job: invalidations, health or stats"),
+            FieldSpec("outcome", STR, "'failed' (it raised) or 'ended' (it returned)"),
+            FieldSpec("error_type", STR, "the exception's class when it failed", nullable=True),
+            FieldSpec("delay_s", NUM, "seconds until it starts again (doubling, capped)"),
+            EXCEPTION,
+        ),
+        other_levels={Level.ERROR: "an unexpected exception (a bug; with exception)"},
+    ),
+    EventSpec(
         Event.SUPERVISOR_WORKER_EXITED,
         Level.WARNING,
         "A worker exited while the broker was serving; another is started after restart_in_s.",

@@ -38,6 +38,17 @@ CONTEXT_FIELDS: Final = (
 )
 """Fields bound by the gRPC interceptor: present on every line written while serving an RPC."""
 
+PROCESS_FIELDS: Final = (
+    FieldSpec(
+        "worker",
+        INT,
+        "the index of the supervised worker that wrote the line (0 to BROKER_WORKERS - 1); "
+        "only when BROKER_WORKERS is above 1",
+        optional=True,
+    ),
+)
+"""Fields of every line a supervised worker writes (``serve --workers N``)."""
+
 IDENTITY = FieldSpec("identity", STR, "the configured identity name", identifier=True)
 RUNTIME = FieldSpec(
     "agent_runtime_id",

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Final
 
 from broker.catalog._entries import CATALOGUE
-from broker.catalog._fields import BASE_FIELDS, CONTEXT_FIELDS
+from broker.catalog._fields import BASE_FIELDS, CONTEXT_FIELDS, PROCESS_FIELDS
 from broker.events import SECRETS_IN_FIELDS, EventSpec, FieldSpec
 
 DOCS_PATH: Final = Path(__file__).resolve().parents[2] / "docs" / "events.md"
@@ -79,6 +79,12 @@ def render_markdown() -> str:
         "The gRPC interceptor binds these, so every event written during an RPC carries them.",
         "",
         *_field_rows(CONTEXT_FIELDS),
+        "",
+        "## Fields of a supervised worker's lines",
+        "",
+        "With `serve --workers N`, every line a worker writes names the worker.",
+        "",
+        *_field_rows(PROCESS_FIELDS),
         "",
         "## Summary",
         "",

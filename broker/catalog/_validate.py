@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from broker.catalog._entries import CATALOGUE
-from broker.catalog._fields import BASE_FIELDS, CONTEXT_FIELDS
+from broker.catalog._fields import BASE_FIELDS, CONTEXT_FIELDS, PROCESS_FIELDS
 from broker.events import Event, FieldSpec, FieldType
 
-_FRAME = {spec.name: spec for spec in (*BASE_FIELDS, *CONTEXT_FIELDS)}
+_FRAME = {spec.name: spec for spec in (*BASE_FIELDS, *CONTEXT_FIELDS, *PROCESS_FIELDS)}
 
 
 def _counts(value: object) -> bool:

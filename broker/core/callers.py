@@ -140,6 +140,13 @@ LOCAL_CALLER = CallerPolicy(
 )
 
 
+# The broker's own requests (admin operations, watch refreshes, in-process use): every right, and no
+# thread-task budget or thread namespace of its own.
+INTERNAL_CALLER = CallerPolicy(
+    name="internal", bearer_fallback=True, bearer_only=True, admin=True, share_threads=True
+)
+
+
 class _Bucket:
     __slots__ = ("level", "updated")
 
@@ -162,6 +169,10 @@ class CallerRegistry:
         self._by_cert_name: Mapping[str, CallerPolicy] = {
             name: policy for policy in self._policies for name in policy.cert_names
         }
+        self._known_tokens: dict[str, CallerPolicy] = {}
+        """Tokens that authenticated before, so a worker's every call costs no hash. Only a
+        matching token is kept (at most one per caller): an unknown token cannot grow it, and it
+        goes through the constant-time comparison every time."""
 
     @property
     def open(self) -> bool:
@@ -169,12 +180,22 @@ class CallerRegistry:
         return not self._policies
 
     def by_token(self, token: str) -> CallerPolicy | None:
-        """The caller whose token hash matches, compared in constant time against every caller."""
+        """The caller whose token hash matches, compared in constant time against every caller.
+
+        A token that matched once is found again by a dict lookup. That lookup leaks nothing an
+        attacker can use: it compares the token's characters only after a full match of their
+        keyed (per-process random) string hash, which a guess cannot aim at.
+        """
+        known = self._known_tokens.get(token)
+        if known is not None:
+            return known
         digest = hash_token(token)
         found: CallerPolicy | None = None
         for policy in self._policies:
             if policy.token_sha256 is not None and hmac.compare_digest(digest, policy.token_sha256):
                 found = policy
+        if found is not None and len(self._known_tokens) < len(self._policies):
+            self._known_tokens[token] = found
         return found
 
     def by_certificate(self, names: Iterable[str]) -> CallerPolicy | None:

@@ -53,6 +53,10 @@ def _split_prefix(line: str, default_replica: str) -> tuple[str, str]:
     return (label or default_replica), line[brace:]
 
 
+WORKER_SEPARATOR: Final = "/worker-"
+"""A supervised worker's lines belong to replica ``<pod>/worker-<index>``."""
+
+
 def parse_line(line: str, default_replica: str = "-") -> Parsed | Skipped | None:
     """Decode one line; ``None`` for a blank one.
 
@@ -76,4 +80,8 @@ def parse_line(line: str, default_replica: str = "-") -> Parsed | Skipped | None
         return Skipped("not_an_object")
     if not isinstance(record.get("event"), str) or not record["event"]:
         return Skipped("no_event")
+    worker = record.get("worker")
+    if isinstance(worker, int) and not isinstance(worker, bool):
+        # A supervised worker: its own counters and state, beside its pod's other workers.
+        replica = f"{replica}{WORKER_SEPARATOR}{worker}"
     return Parsed(replica, record)

@@ -77,8 +77,8 @@ class TestGetAuthorization:
         first = await broker.stub.GetAuthorization(pb.GetAuthorizationRequest())
         second = await broker.stub.GetAuthorization(pb.GetAuthorizationRequest())
         assert first.authorization.header_value == second.authorization.header_value
-        assert broker.app.authorizer.counters["assertion_minted"] == 1
-        assert broker.app.authorizer.counters["l1_hit"] >= 1
+        assert broker.app.authorizer.counters.assertion_minted == 1
+        assert broker.app.authorizer.counters.l1_hit >= 1
 
     async def test_thread_tasks_are_separate(
         self, start_broker: StartBroker, emulator: Emulator, store_url: str | None, identity: str

@@ -31,6 +31,7 @@ from broker._proto.credential_broker.v1 import broker_pb2 as pb
 from broker._proto.credential_broker.v1 import broker_pb2_grpc as pb_grpc
 from broker.catalog import problems
 from broker.config import available_cpus, load_settings
+from broker.dashboard import Aggregator
 from broker.errors import ConfigError
 from broker.supervisor import RESTART_DELAY_MIN_S, restart_delay, worker_settings
 from cb_emulator import Emulator
@@ -41,7 +42,11 @@ pytestmark = pytest.mark.integration
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CALL_TIMEOUT_S = 30.0
-WORKERS = {"BROKER_WORKERS": "2", "BROKER_OPS_LISTEN": "127.0.0.1:0"}
+WORKERS = {
+    "BROKER_WORKERS": "2",
+    "BROKER_OPS_LISTEN": "127.0.0.1:0",
+    "BROKER_STATS_INTERVAL": "0.5",
+}
 CONNECTIONS = 16
 """Channels per spread: the chance that all land on one of two workers is 2 ** -15."""
 START_S = 20.0
@@ -122,6 +127,21 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def _stats_since(replica: Replica, served: list[int]) -> list[dict[str, Any]]:
+    """``broker.stats`` lines whose GetAuthorization count has reached the worker's ``served``."""
+    return [
+        e
+        for e in replica.events("broker.stats")
+        if isinstance(e.get("worker"), int)
+        and e.get("rpcs_by_method", {}).get("GetAuthorization", 0) >= served[e["worker"]]
+    ]
+
+
+def _from_worker(entry: dict[str, Any]) -> bool:
+    """A line a worker's broker wrote (the supervisor's own events are ``supervisor.*``)."""
+    return not str(entry.get("event", "")).startswith("supervisor.")
 
 
 def _assert_catalogued(replica: Replica) -> None:
@@ -270,6 +290,30 @@ class TestSupervisedWorkers:
         assert sum(served) == answered
         assert min(served) > 0, f"one worker answered everything: {served}"
         _assert_catalogued(replica)
+
+        # Every line a worker writes names it, so one merged stream (kubectl logs) keeps the
+        # workers apart: the dashboard shows two replicas whose RPCs add up to the calls made.
+        await wait_until(
+            lambda: {e.get("worker") for e in _stats_since(replica, served)} == {0, 1},
+            within=START_S,
+            what="a broker.stats line from each worker after the calls",
+        )
+        pids = {w["pid"]: i for i, w in workers.items()}
+        lines = [e for e in replica.events() if e.get("pid") in pids or "worker" in e]
+        assert all(e.get("worker") == pids.get(e.get("pid"), e.get("worker")) for e in lines)
+        unnamed = [e["event"] for e in replica.events() if _from_worker(e) and "worker" not in e]
+        assert not unnamed, f"worker lines without their worker: {unnamed[:5]}"
+        aggregator = Aggregator(window=600)
+        for entry in replica.events():
+            aggregator.feed_text(json.dumps(entry), time.time(), default_replica="pod")
+        shown = aggregator.snapshot(time.time())["replicas"]
+        by_worker = {
+            name: view["rpcs"]["by_method"].get("GetAuthorization", 0)
+            for name, view in shown.items()
+            if name.startswith("pod/worker-")
+        }
+        assert sorted(by_worker) == ["pod/worker-0", "pod/worker-1"]
+        assert sorted(by_worker.values()) == sorted(served)
 
     async def test_a_killed_worker_is_replaced(
         self, start_fleet: StartFleet, redis_url: str, identity_name: str

@@ -226,6 +226,18 @@ class TestCounters:
         assert total["cache"]["l2_hit_ratio"] == 0.5
         assert total["fallbacks"] == {"disabled": 12}
 
+    def test_workers_of_one_pod_keep_their_own_counters(self, aggregator: Aggregator) -> None:
+        """Two workers' stats in one stream are two replicas: neither reads as the other's reset."""
+        for at, counts in ((T0 - 60, (100, 40)), (T0, (160, 70))):
+            for worker, l1_hit in enumerate(counts):
+                entry = json.loads(stats(at, l1_hit=l1_hit))
+                aggregator.feed_text(
+                    f"[pod/p1/broker] {json.dumps({**entry, 'worker': worker})}", T0
+                )
+        view = aggregator.snapshot(T0)
+        assert sorted(view["replicas"]) == ["p1/worker-0", "p1/worker-1"]
+        assert view["total"]["authorizations"]["AgentAssertion"] == 60 + 30
+
     def test_restart_resets_counters(self, aggregator: Aggregator) -> None:
         """Counters that went down mean a restart: the latest values are the window's share."""
         aggregator.feed_text(stats(T0 - 70, l1_hit=500), T0)

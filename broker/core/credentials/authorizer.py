@@ -25,14 +25,14 @@ ask for a longer guaranteed remainder with ``min_remaining``.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import structlog
 
-from broker.core.callers import LOCAL_CALLER, CallerPolicy, ReportRefused
+from broker.core.callers import INTERNAL_CALLER, LOCAL_CALLER, CallerPolicy, ReportRefused
+from broker.core.credentials.counters import AuthorizerCounters
 from broker.core.credentials.fallback import BOOTSTRAP_COOLDOWN, FallbackPolicy
 from broker.core.credentials.identity import IdentityManager
 from broker.core.credentials.model import (
@@ -86,14 +86,14 @@ _BEARER_WAIT_S = 2.0
 _FALLBACK_ERRORS = (ControlPlaneError, ProtocolError, IdentityUnusable, NoBearerToken)
 
 
-def _scoped(thread_id: str, caller: CallerPolicy | None) -> str:
+def _scoped(thread_id: str, caller: CallerPolicy) -> str:
     """The broker's name for ``thread_id`` as ``caller`` uses it (its own namespace by default)."""
-    return scoped_thread(thread_id, caller.thread_scope if caller is not None else None)
+    return scoped_thread(thread_id, caller.thread_scope)
 
 
-def _requester(caller: CallerPolicy | None) -> str | None:
+def _requester(caller: CallerPolicy) -> str | None:
     """Whose thread-task budget a request draws on: a configured caller's, else none of its own."""
-    return None if caller is None or caller is LOCAL_CALLER else caller.name
+    return None if caller is INTERNAL_CALLER or caller is LOCAL_CALLER else caller.name
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +117,8 @@ class _Claim:
 class _Entry:
     authorization: Authorization
     serve_until: datetime
+    fresh_until: float
+    """``serve_until`` on the clock's monotonic scale: what the hot path compares."""
 
 
 class Authorizer:
@@ -152,6 +154,7 @@ class Authorizer:
         self._default = default_identity
         self._store = store
         self._clock = clock
+        self._monotonic = clock.monotonic
         self._identity_manager = identity_manager
         self._tasks = tasks
         self._l1: dict[tuple[str, str], _Entry] = {}
@@ -162,7 +165,7 @@ class Authorizer:
         self._hub = WatchHub(
             clock=clock, authorize=self._authorize_key, serve_until=self.serve_until
         )
-        self.counters: Counter[str] = Counter()
+        self.counters = AuthorizerCounters()
         """Cumulative counts for ``broker.stats``: cache levels, schemes and fallback reasons."""
         self._fallbacks = FallbackPolicy(store, self.counters)
 
@@ -196,7 +199,7 @@ class Authorizer:
         thread_id: str = "",
         mode: Mode = Mode.DEFAULT,
         min_remaining: float = 0.0,
-        caller: CallerPolicy | None = None,
+        caller: CallerPolicy = INTERNAL_CALLER,
     ) -> Authorization:
         """The header a worker should send now (see the module docstring for the rules).
 
@@ -216,49 +219,64 @@ class Authorizer:
             ThreadTaskBudgetExhausted: a new thread task is over a budget or the live cap.
             StoreUnavailable: shared state is unreachable and nothing valid is cached.
         """
+        hit = self.warm(identity, thread_id, mode, min_remaining, caller)
+        if hit is not None:
+            return hit
         if thread_id:
             if THREAD_SCOPE in thread_id:
                 validate_thread_id(thread_id)  # refuses it: only the broker writes a scope
             thread_id = _scoped(thread_id, caller)
-        # Hot path: an L1 entry exists only for a validated (identity, thread) and only holds
-        # assertions, so a fresh hit needs no validation, no store round trip and no signature.
-        if mode is Mode.DEFAULT and min_remaining >= 0.0:
-            hit = self._cached(identity or self._default, task_slot(thread_id), min_remaining)
-            if hit is not None:
-                if caller is not None:
-                    caller.check_identity(hit.identity)
-                return hit
-        if caller is not None:
-            caller.check_identity(self.runtime(identity).spec.name)
-            if mode is Mode.BEARER_ONLY:
-                caller.check_bearer_only()
+        caller.check_identity(self.runtime(identity).spec.name)
+        if mode is Mode.BEARER_ONLY:
+            caller.check_bearer_only()
         authorization = await self._authorize(
             identity, thread_id, mode, min_remaining, _requester(caller)
         )
-        if caller is not None:
-            self.check_delivery(caller, authorization)
+        self.check_delivery(caller, authorization)
         return authorization
 
     async def _current(
-        self, name: str, thread_id: str, caller: CallerPolicy | None = None
+        self, name: str, thread_id: str, caller: CallerPolicy = INTERNAL_CALLER
     ) -> Authorization:
         """What the slot should use now, for a thread id already validated and scoped."""
         authorization = await self._authorize(
             name, thread_id, Mode.DEFAULT, 0.0, _requester(caller)
         )
-        if caller is not None:
-            self.check_delivery(caller, authorization)
+        self.check_delivery(caller, authorization)
         return authorization
+
+    def warm(
+        self,
+        identity: str = "",
+        thread_id: str = "",
+        mode: Mode = Mode.DEFAULT,
+        min_remaining: float = 0.0,
+        caller: CallerPolicy = INTERNAL_CALLER,
+    ) -> Authorization | None:
+        """What :meth:`authorize` answers when it is a fresh L1 hit, else ``None``: the hot path,
+        with no await, no validation, no store round trip and no signature.
+
+        An L1 entry exists only for a validated (identity, thread) and only holds assertions, so a
+        name or thread id that is not in it (malformed ones included) simply misses and is left to
+        :meth:`authorize`. Raises what the caller's policy refuses (:class:`CallerDenied`).
+        """
+        if mode is not Mode.DEFAULT or min_remaining < 0.0:
+            return None
+        if thread_id:
+            if THREAD_SCOPE in thread_id:
+                return None  # authorize refuses it: only the broker writes a scope
+            thread_id = _scoped(thread_id, caller)
+        hit = self._cached(identity or self._default, task_slot(thread_id), min_remaining)
+        if hit is not None:
+            caller.check_identity(hit.identity)
+        return hit
 
     def _cached(self, name: str, slot: str, min_remaining: float) -> Authorization | None:
         """The L1 header of (identity, slot) if it stays valid ``min_remaining`` longer."""
         entry = self._l1.get((name, slot))
-        if (
-            entry is None
-            or self._clock.now() + timedelta(seconds=min_remaining) >= entry.serve_until
-        ):
+        if entry is None or self._monotonic() + min_remaining >= entry.fresh_until:
             return None
-        self.counters["l1_hit"] += 1
+        self.counters.l1_hit += 1
         return entry.authorization
 
     @staticmethod
@@ -293,7 +311,7 @@ class Authorizer:
         hit = self._cached(spec.name, slot, min_remaining)
         if hit is not None:
             return hit
-        self.counters["l1_miss"] += 1
+        self.counters.l1_miss += 1
         if not thread_id and not spec.supported_host:
             return await self._fallbacks.bearer(runtime, FallbackReason.UNSUPPORTED_HOST, thread_id)
         return await self._flights.do(
@@ -369,9 +387,9 @@ class Authorizer:
                 or now + needed >= cached.expires_at - margin
             ):
                 cached = minted
-            self.counters["assertion_minted"] += 1
+            self.counters.assertion_minted += 1
         else:
-            self.counters["l2_hit"] += 1
+            self.counters.l2_hit += 1
         authorization = Authorization(
             header_value=cached.header_value,
             scheme=Scheme.AGENT_ASSERTION,
@@ -394,7 +412,10 @@ class Authorizer:
     ) -> None:
         if len(self._l1) >= self._l1_max:
             self._l1.pop(next(iter(self._l1)))
-        self._l1[(name, slot)] = _Entry(authorization, serve_until)
+        fresh_for = (serve_until - self._clock.now()).total_seconds()
+        self._l1[(name, slot)] = _Entry(
+            authorization, serve_until, self._clock.monotonic() + fresh_for
+        )
 
     def serve_until(self, authorization: Authorization) -> datetime | None:
         """When the broker stops handing ``authorization`` out (``None`` for Bearer)."""
@@ -414,6 +435,15 @@ class Authorizer:
         for key in [k for k in self._l1 if k[0] == name]:
             self.drop(*key)
         self._hub.invalidate_identity(name)
+
+    async def discard_identity(self, name: str, *, delete_record: bool = False) -> None:
+        """Every replica forgets identity ``name``'s L1 entries and cached record (rotation, a
+        flush, a login bound to another account); ``delete_record`` also deletes the stored
+        identity, so the next request establishes a new one."""
+        if delete_record:
+            await self._store.delete_identity(name)
+        self.drop_identity(name)
+        await self._store.publish_invalidation(name, ALL_SLOTS)
 
     async def follow_invalidations(self) -> None:
         """Apply every replica's invalidations to this process's L1 until cancelled."""
@@ -446,7 +476,7 @@ class Authorizer:
         thread_id: str = "",
         mode: Mode = Mode.DEFAULT,
         min_remaining: float = 0.0,
-        caller: CallerPolicy | None = None,
+        caller: CallerPolicy = INTERNAL_CALLER,
     ) -> AsyncIterator[Authorization]:
         """Yield the current header, then a fresh one before each expiry or after an invalidation.
 
@@ -461,8 +491,7 @@ class Authorizer:
             min_remaining,
         )
         async for authorization in self._hub.watch(key):
-            if caller is not None:
-                self.check_delivery(caller, authorization)
+            self.check_delivery(caller, authorization)
             yield authorization
 
     async def _authorize_key(self, key: WatchKey) -> Authorization:
@@ -482,7 +511,7 @@ class Authorizer:
     # -- tasks, identities, rejections ---------------------------------------------------------------
 
     async def ensure_task(
-        self, identity: str, thread_id: str, caller: CallerPolicy | None = None
+        self, identity: str, thread_id: str, caller: CallerPolicy = INTERNAL_CALLER
     ) -> tuple[IdentityRuntime, TaskRecord]:
         """Register (or find) a thread's task ahead of its first use (§7.1 prewarm).
 
@@ -493,8 +522,7 @@ class Authorizer:
             ThreadTaskBudgetExhausted: a new thread task is over a budget or the live cap.
         """
         runtime = self.runtime(identity)
-        if caller is not None:
-            caller.check_identity(runtime.spec.name)
+        caller.check_identity(runtime.spec.name)
         if not thread_id:
             raise InvalidArgument("thread_id is required")
         thread_id = _scoped(validate_thread_id(thread_id), caller)
@@ -516,12 +544,11 @@ class Authorizer:
         return runtime, task
 
     async def describe(
-        self, identity: str, caller: CallerPolicy | None = None
+        self, identity: str, caller: CallerPolicy = INTERNAL_CALLER
     ) -> tuple[IdentityRuntime, IdentityRecord | None, TaskRecord | None]:
         """Public facts: the runtime, its stored record (if registered) and background task."""
         runtime = self.runtime(identity)
-        if caller is not None:
-            caller.check_identity(runtime.spec.name)
+        caller.check_identity(runtime.spec.name)
         record = await self._identity_manager.peek(runtime)
         task = await self._tasks.peek(record, task_slot("")) if record else None
         return runtime, record, task
@@ -532,7 +559,7 @@ class Authorizer:
         thread_id: str,
         header_value: Secret,
         http_status: int,
-        caller: CallerPolicy | None = None,
+        caller: CallerPolicy = INTERNAL_CALLER,
     ) -> Rejection:
         """Handle a 401/403 on a header this broker issued: replace the task once, fleet-wide.
 
@@ -547,8 +574,7 @@ class Authorizer:
         """
         runtime = self.runtime(identity)
         spec = runtime.spec
-        if caller is not None:
-            caller.check_identity(spec.name)
+        caller.check_identity(spec.name)
         thread_id = _scoped(validate_thread_id(thread_id), caller)
         if http_status not in (401, 403):
             raise InvalidArgument("http_status must be 401 or 403")
@@ -570,12 +596,12 @@ class Authorizer:
         if envelope.agent_runtime_id != record.agent_runtime_id:
             # A predecessor's header (rotation) or not ours at all: either way nothing is acted
             # on, and the caller gets what is current.
-            self.counters["rejection_stale"] += 1
+            self.counters.rejection_stale += 1
             return Rejection(await self._current(spec.name, thread_id, caller), replaced=False)
         try:
             verify_assertion(envelope, record.key.public_key_bytes)
         except ProtocolError as exc:
-            self.counters["rejection_refused"] += 1
+            self.counters.rejection_refused += 1
             raise ReportRefused(
                 f"header_value was not issued by this broker for identity {spec.name!r} "
                 f"({exc.message}); only headers the broker handed out can be reported",
@@ -605,7 +631,7 @@ class Authorizer:
                     http_status=http_status,
                     retry_after_seconds=self._rejection_min_interval,
                 )
-                self.counters["rejection_throttled"] += 1
+                self.counters.rejection_throttled += 1
                 return Rejection(await self._current(spec.name, thread_id), replaced=False)
             log.warning(
                 Event.TASK_REJECTED,
@@ -622,8 +648,7 @@ class Authorizer:
         outcome, leader = await self._replacements.do_and_tell(
             (spec.name, slot, envelope.task_id), replace
         )
-        if caller is not None:
-            self.check_delivery(caller, outcome.authorization)
+        self.check_delivery(caller, outcome.authorization)
         # Reports that joined another report's flight did not cause the replacement themselves.
         return outcome if leader else Rejection(outcome.authorization, replaced=False)
 
@@ -671,7 +696,7 @@ class Authorizer:
         thread_id: str,
         reported: Secret,
         http_status: int,
-        caller: CallerPolicy | None,
+        caller: CallerPolicy,
     ) -> Rejection:
         """The account's Bearer was refused: its source refreshes it (a login, once for the fleet)
         or re-reads it (a token file), at most once per interval fleet-wide; the caller gets
@@ -691,10 +716,10 @@ class Authorizer:
                     http_status=http_status,
                     retry_after_seconds=self._rejection_min_interval,
                 )
-                self.counters["rejection_throttled"] += 1
+                self.counters.rejection_throttled += 1
                 await self._await_new_bearer(runtime, reported)
         else:
-            self.counters["rejection_stale"] += 1
+            self.counters.rejection_stale += 1
         answer = await self._current(spec.name, thread_id, caller)
         stale = Secret(f"Bearer {reported.reveal()}")
         return Rejection(answer, replaced=answer.header_value != stale)

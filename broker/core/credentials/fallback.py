@@ -8,13 +8,12 @@ bootstrap rules with a fleet-wide cooldown (§8.5, §11.2), or a precise error w
 
 from __future__ import annotations
 
-from collections import Counter
-
 import structlog
 
+from broker.core.credentials.counters import AuthorizerCounters
 from broker.core.credentials.model import Authorization, FallbackReason, Scheme
 from broker.core.credentials.ports import Store
-from broker.core.credentials.spec import IdentityRuntime, Profile, Source, binding
+from broker.core.credentials.spec import IdentityRuntime, Source, binding
 from broker.errors import (
     BootstrapRefused,
     BrokerError,
@@ -36,10 +35,10 @@ BOOTSTRAP_COOLDOWN = "bootstrap"
 class FallbackPolicy:
     """Turns failures on the way to an assertion into the protocol's answer."""
 
-    def __init__(self, store: Store, counters: Counter[str]) -> None:
+    def __init__(self, store: Store, counters: AuthorizerCounters) -> None:
         """Args:
         store: for the bootstrap cooldown marker.
-        counters: the authorizer's counters (``bearer.<reason>``).
+        counters: the authorizer's counters (Bearer answers by reason).
         """
         self._store = store
         self._counters = counters
@@ -48,7 +47,7 @@ class FallbackPolicy:
     def bootstraps(runtime: IdentityRuntime) -> bool:
         """Whether failures follow the ``authapi`` bootstrap rules (§8.5, §11.2)."""
         spec = runtime.spec
-        return spec.profile is Profile.AUTHAPI and spec.source is Source.REGISTER
+        return spec.profile.rules.bootstrap_rules and spec.source is Source.REGISTER
 
     async def identity_failure(
         self, runtime: IdentityRuntime, thread_id: str, exc: BrokerError
@@ -161,7 +160,7 @@ class FallbackPolicy:
                 f"identity {spec.name!r} needs a Bearer ({reason.value}) but the account's "
                 "bearer token is missing or empty"
             )
-        self._counters[f"bearer.{reason.value}"] += 1
+        self._counters.bearer[reason] += 1
         if not warned and reason is not FallbackReason.REQUESTED:
             log.debug(Event.FALLBACK_BEARER, identity=spec.name, fallback_reason=reason.value)
         account_id, _ = await binding(runtime)

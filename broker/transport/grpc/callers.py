@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import contextvars
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 import structlog
 
@@ -38,6 +38,18 @@ ADMIN_PREFIX: Final = "/credential_broker.v1.CredentialBrokerAdmin/"
 _MAX_TOKEN_LEN: Final = 4096
 
 
+class CallerCall(Protocol):
+    """What the gate reads of a call (a ``grpc.aio.ServicerContext`` is one), only if needed."""
+
+    def invocation_metadata(self) -> Iterable[tuple[str, str | bytes]] | None: ...
+
+    def auth_context(self) -> Mapping[str, Iterable[bytes]]: ...
+
+
+Admission = Callable[[CallerCall], CallerPolicy | None]
+"""Admits the caller of one call of a method (see :meth:`CallerGate.admission`)."""
+
+
 @dataclass(slots=True)
 class CallerUsage:
     """Counters of one caller on this replica."""
@@ -50,8 +62,8 @@ class CallerUsage:
     """Denials by the policy rule that refused them (``caller.denied``'s ``rule``)."""
 
 
-def _token_from(metadata: Iterable[tuple[str, str | bytes]]) -> str | None:
-    for key, value in metadata:
+def _token_from(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
+    for key, value in metadata or ():
         if key.lower() != "authorization" or not isinstance(value, str):
             continue
         scheme, _, token = value.strip().partition(" ")
@@ -71,6 +83,14 @@ def certificate_names(auth_context: Mapping[str, Iterable[bytes]]) -> list[str]:
             except UnicodeDecodeError:
                 continue
     return names
+
+
+def _open(_call: CallerCall) -> None:
+    return None
+
+
+def _local(_call: CallerCall) -> CallerPolicy:
+    return LOCAL_CALLER
 
 
 class CallerGate:
@@ -107,43 +127,53 @@ class CallerGate:
             caller.by_method.update(rpcs.by_method)
         return usage
 
-    def admit(
-        self,
-        method: str,
-        metadata: Iterable[tuple[str, str | bytes]],
-        auth_context: Mapping[str, Iterable[bytes]],
-    ) -> CallerPolicy | None:
-        """The caller behind this RPC, or ``None`` for an open method (health).
+    def admission(self, method: str) -> Admission:
+        """How each call of ``method`` is admitted, decided once per method.
 
-        Raises:
+        The admission returns the caller behind a call, or ``None`` for an open method (health).
+        On an open (callers-less, loopback) broker every other call is :data:`LOCAL_CALLER`, which
+        has no rate limit and may use the admin service, so nothing of the call is read.
+
+        The admission raises:
             Unauthenticated: no credential, or an unknown one.
             CallerDenied: an admin method for a non-admin caller.
             RateLimited: the caller's bucket is empty.
         """
         if method.startswith(OPEN_METHODS):
-            return None
+            return _open
         if self._registry.open:
-            policy: CallerPolicy | None = LOCAL_CALLER
-        else:
-            token = _token_from(metadata)
-            policy = self._registry.by_token(token) if token is not None else None
-            if policy is None:
-                policy = self._registry.by_certificate(certificate_names(auth_context))
-            if policy is None:
-                self._denied("unknown", method, "authentication")
-                raise Unauthenticated(
-                    "no valid caller credential: send 'authorization: Bearer <caller token>' "
-                    "metadata or a client certificate of a configured caller",
-                    rule="authentication",
-                )
-        assert policy is not None  # noqa: S101  (both branches set it)
-        try:
-            if method.startswith(ADMIN_PREFIX):
-                policy.check_admin()
-            self._registry.take(policy)
-        except CallerDenied as exc:
-            self.denied(policy.name, method, exc)
-            raise
+            return _local
+        admin = method.startswith(ADMIN_PREFIX)
+
+        def admit(call: CallerCall) -> CallerPolicy:
+            policy = self._authenticate(method, call)
+            try:
+                if admin:
+                    policy.check_admin()
+                self._registry.take(policy)
+            except CallerDenied as exc:
+                self.denied(policy.name, method, exc)
+                raise
+            return policy
+
+        return admit
+
+    def admit(self, method: str, call: CallerCall) -> CallerPolicy | None:
+        """Admit the caller of one call of ``method`` (see :meth:`admission`)."""
+        return self.admission(method)(call)
+
+    def _authenticate(self, method: str, call: CallerCall) -> CallerPolicy:
+        token = _token_from(call.invocation_metadata())
+        policy = self._registry.by_token(token) if token is not None else None
+        if policy is None:
+            policy = self._registry.by_certificate(certificate_names(call.auth_context() or {}))
+        if policy is None:
+            self._denied("unknown", method, "authentication")
+            raise Unauthenticated(
+                "no valid caller credential: send 'authorization: Bearer <caller token>' "
+                "metadata or a client certificate of a configured caller",
+                rule="authentication",
+            )
         return policy
 
     def denied(self, caller: str, method: str, exc: CallerDenied) -> None:

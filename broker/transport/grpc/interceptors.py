@@ -9,9 +9,9 @@ wrapper does each RPC's work once:
 1. It sets :data:`broker.logs.RPC_LOG_CONTEXT` to the RPC (an :class:`_Rpc`). ``rpc_method``,
    ``request_id``, ``peer`` and ``caller`` are computed only if a line is written while serving the
    RPC, so a call that logs nothing never draws a request id or formats a peer address.
-2. :class:`CallerGate` admits the caller; the metadata and the TLS auth context are read only if
-   the gate looks at them (an open, loopback broker never does). The caller's policy goes in
-   ``CURRENT_CALLER`` for the servicer.
+2. The method's :meth:`CallerGate.admission`, chosen once per method, admits the caller; the
+   metadata and the TLS auth context are read only if it looks at them (an open, loopback broker
+   never does). The caller's policy goes in ``CURRENT_CALLER`` for the servicer.
 3. The handler runs.
 4. The RPC is counted in its method's :class:`~broker.transport.grpc.tally.MethodTally` (what
    ``broker.stats``, ``/metrics`` and ``GetUsage`` read). An RPC that did not end OK writes its
@@ -28,8 +28,8 @@ import asyncio
 import inspect
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
-from typing import Any, Final, cast
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from typing import Any, Final, TypeVar, cast
 
 import grpc
 import structlog
@@ -38,7 +38,7 @@ from google.protobuf.message import DecodeError
 from broker.errors import BrokerError, InvalidArgument
 from broker.events import Event
 from broker.logs import RPC_LOG_CONTEXT
-from broker.transport.grpc.callers import CURRENT_CALLER, CallerGate
+from broker.transport.grpc.callers import CURRENT_CALLER, Admission, CallerGate
 from broker.transport.grpc.status import to_status
 from broker.transport.grpc.tally import OK, MethodTally, RpcTally
 
@@ -52,9 +52,12 @@ _Stream = Callable[[Any, _Context], AsyncIterator[Any]]
 # servicer's Watch is one); grpc.aio tells the two kinds apart by inspecting the handler.
 _Writer = Callable[[Any, _Context], Awaitable[None]]
 
+_Loader = TypeVar("_Loader", bound=Callable[..., Any])
+_NEVER_RAISES: Final = "_broker_never_raises"
+
 _QUIET_PREFIXES: Final = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 """Methods whose ``rpc.completed`` lines are debug: probes and tooling, not workers."""
-_UNDECODABLE_MESSAGE: Final = "the request message cannot be decoded"
+UNDECODABLE_MESSAGE: Final = "the request message cannot be decoded"
 
 
 class _Undecodable:
@@ -71,11 +74,17 @@ class _Unadmitted:
 _UNADMITTED: Final = _Unadmitted()
 
 
+def never_raises(deserializer: _Loader) -> _Loader:
+    """Mark a request deserializer that answers bad bytes itself, so it is not wrapped."""
+    setattr(deserializer, _NEVER_RAISES, True)
+    return deserializer
+
+
 def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
     """Wrap a request deserializer so a decode error reaches us (INVALID_ARGUMENT), not grpc
     (which would answer UNKNOWN before any broker code ran)."""
-    if deserializer is None:
-        return None
+    if deserializer is None or getattr(deserializer, _NEVER_RAISES, False):
+        return deserializer
 
     def load(data: bytes) -> Any:
         try:
@@ -84,43 +93,6 @@ def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], A
             return _UNDECODABLE
 
     return load
-
-
-class _Metadata:
-    """The call's metadata, read from grpc only if the caller gate iterates it."""
-
-    __slots__ = ("_context",)
-
-    def __init__(self, context: _Context) -> None:
-        self._context = context
-
-    def __iter__(self) -> Iterator[tuple[str, str | bytes]]:
-        metadata = self._context.invocation_metadata() or ()
-        return iter(cast("Iterable[tuple[str, str | bytes]]", metadata))
-
-
-class _AuthContext(Mapping[str, Iterable[bytes]]):
-    """The call's TLS auth context, read from grpc only if the caller gate looks at it."""
-
-    __slots__ = ("_context", "_values")
-
-    def __init__(self, context: _Context) -> None:
-        self._context = context
-        self._values: Mapping[str, Iterable[bytes]] | None = None
-
-    def _read(self) -> Mapping[str, Iterable[bytes]]:
-        if self._values is None:
-            self._values = self._context.auth_context() or {}
-        return self._values
-
-    def __getitem__(self, key: str) -> Iterable[bytes]:
-        return self._read()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._read())
-
-    def __len__(self) -> int:
-        return len(self._read())
 
 
 class _Rpc:
@@ -248,12 +220,13 @@ class RpcInterceptor(grpc.GenericRpcHandler):
 
     # -- each RPC ----------------------------------------------------------------------------------
 
-    def _admit(self, rpc: _Rpc, context: _Context, request: Any) -> str | None:
+    @staticmethod
+    def _admit(rpc: _Rpc, context: _Context, request: Any, admission: Admission) -> str | None:
         """Admit the caller of ``rpc`` and return its name (or raise the BrokerError to answer)."""
         RPC_LOG_CONTEXT.set(rpc)
         if request is _UNDECODABLE:
-            raise InvalidArgument(_UNDECODABLE_MESSAGE)
-        policy = self._gate.admit(rpc.method, _Metadata(context), _AuthContext(context))
+            raise InvalidArgument(UNDECODABLE_MESSAGE)
+        policy = admission(context)
         CURRENT_CALLER.set(policy)
         rpc.caller = caller = None if policy is None else policy.name
         return caller
@@ -294,13 +267,14 @@ class RpcInterceptor(grpc.GenericRpcHandler):
     def _wrap_unary(self, method: str, inner: _Unary) -> _Unary:
         tally = self._tally.method(method, timed=True)
         admit, done, failed, sampled = self._admit, self._done, self._failed, self._sampled
+        admission = self._gate.admission(method)
         succeeded, clock = tally.succeeded, time.perf_counter
 
         async def unary(request: Any, context: _Context) -> Any:
             rpc = _Rpc(method, context)
             try:
                 try:
-                    caller = admit(rpc, context, request)
+                    caller = admit(rpc, context, request, admission)
                 except BrokerError as exc:
                     await context.abort_with_status(to_status(exc))
                 response = await inner(request, context)
@@ -326,6 +300,7 @@ class RpcInterceptor(grpc.GenericRpcHandler):
         """
         tally = self._tally.method(method, timed=False)
         admit, done, failed = self._admit, self._done, self._failed
+        admission = self._gate.admission(method)
         if inspect.iscoroutinefunction(inner):
             writer = cast("_Writer", inner)
 
@@ -333,7 +308,7 @@ class RpcInterceptor(grpc.GenericRpcHandler):
                 rpc = _Rpc(method, context)
                 try:
                     try:
-                        admit(rpc, context, request)
+                        admit(rpc, context, request, admission)
                     except BrokerError as exc:
                         await context.abort_with_status(to_status(exc))
                     await writer(request, context)
@@ -350,7 +325,7 @@ class RpcInterceptor(grpc.GenericRpcHandler):
             rpc = _Rpc(method, context)
             try:
                 try:
-                    admit(rpc, context, request)
+                    admit(rpc, context, request, admission)
                 except BrokerError as exc:
                     await context.abort_with_status(to_status(exc))
                 async for item in generator(request, context):

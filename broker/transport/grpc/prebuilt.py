@@ -18,13 +18,15 @@ from __future__ import annotations
 from typing import Final, NamedTuple
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from broker._proto.credential_broker.v1 import broker_pb2 as pb
 from broker.core.credentials.authorizer import Authorizer
 from broker.core.credentials.model import Authorization, Mode
-from broker.errors import BrokerError
+from broker.errors import BrokerError, InvalidArgument
 from broker.transport.grpc import convert
-from broker.transport.grpc.callers import CallerGate
+from broker.transport.grpc.callers import CURRENT_CALLER, CallerGate
+from broker.transport.grpc.interceptors import UNDECODABLE_MESSAGE, never_raises
 from broker.transport.grpc.servicer import abort_for, admitted
 
 _MAX_ANSWERS: Final = 10_000
@@ -82,14 +84,16 @@ class PrebuiltGetAuthorization:
             self.get_authorization, request_deserializer=self.request
         )
 
+    @never_raises
     def request(self, data: bytes) -> WarmRequest | BrokerError:
-        """The arguments ``data`` carries, or the error to answer (grpc's deserializer: a
-        ``DecodeError`` for bytes that are not a request is left to the interceptor)."""
+        """The arguments ``data`` carries, or the error to answer (grpc's deserializer)."""
         kept = self._requests.get(data)
         if kept is not None:
             return kept
         try:
             request = convert_request(pb.GetAuthorizationRequest.FromString(data))
+        except DecodeError:
+            return InvalidArgument(UNDECODABLE_MESSAGE)
         except BrokerError as exc:
             return exc
         if len(data) <= _MAX_REQUEST_BYTES:
@@ -103,12 +107,19 @@ class PrebuiltGetAuthorization:
         request: WarmRequest | BrokerError,
         context: grpc.aio.ServicerContext[WarmRequest | BrokerError, bytes],
     ) -> bytes:
-        """``GetAuthorization``: the serialized ``GetAuthorizationResponse``."""
+        """``GetAuthorization``: the serialized ``GetAuthorizationResponse``.
+
+        A warm hit is answered without an await (:meth:`Authorizer.warm`); anything else goes the
+        whole way (:meth:`Authorizer.authorize`).
+        """
         if isinstance(request, BrokerError):
             await abort_for(context, request, self._gate)
             raise request  # unreachable: abort_for raises
         try:
-            authorization = await self._authorizer.authorize(*request, admitted())
+            caller = CURRENT_CALLER.get() or admitted()  # admitted() refuses a call without one
+            authorization = self._authorizer.warm(*request, caller)
+            if authorization is None:
+                authorization = await self._authorizer.authorize(*request, caller)
         except grpc.aio.AbortError:
             raise
         except Exception as exc:  # the edge: abort_for answers a status (INTERNAL for a bug)

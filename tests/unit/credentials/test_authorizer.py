@@ -134,7 +134,7 @@ class TestCaching:
         calls = dict(core.control_plane.calls)
         assert await core.authorizer.authorize() is first
         assert core.control_plane.calls == calls
-        assert core.authorizer.counters["l1_hit"] == 1
+        assert core.authorizer.counters.l1_hit == 1
 
     async def test_a_new_assertion_before_the_old_one_expires(self, core: Core) -> None:
         first = await core.authorizer.authorize()

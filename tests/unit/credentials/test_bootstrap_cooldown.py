@@ -4,7 +4,6 @@ one embedded store, the control plane is in memory, and the cooldown passes on a
 from __future__ import annotations
 
 import os
-from collections import Counter
 from typing import Any
 
 import pytest
@@ -13,6 +12,7 @@ from broker.adapters.bearer import StaticBearer
 from broker.adapters.memory_controlplane import InMemoryControlPlane
 from broker.adapters.store.embedded import EmbeddedStore
 from broker.core.credentials.authorizer import Authorizer
+from broker.core.credentials.counters import AuthorizerCounters
 from broker.core.credentials.fallback import BOOTSTRAP_COOLDOWN, FallbackPolicy
 from broker.core.credentials.identity import IdentityManager
 from broker.core.credentials.model import FallbackReason, Scheme
@@ -149,7 +149,7 @@ class TestNoCooldown:
         assert (await replica.authorize()).scheme is Scheme.AGENT_ASSERTION
 
     async def test_a_failure_that_is_not_the_control_plane(self, fleet: Fleet) -> None:
-        answer = await FallbackPolicy(fleet.store, Counter()).bootstrap_failure(
+        answer = await FallbackPolicy(fleet.store, AuthorizerCounters()).bootstrap_failure(
             fleet.runtime, "", NoBearerToken("no token")
         )
         assert answer.fallback_reason is FallbackReason.IDENTITY_UNAVAILABLE
