@@ -8,7 +8,6 @@ follower, health monitor, stats). Injected objects belong to the caller.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
@@ -33,6 +32,7 @@ from broker.adapters.oauth import OAuthTokenEndpoint
 from broker.adapters.sealing import PlaintextSealer, Sealer, load_kek_file
 from broker.adapters.store.embedded import EmbeddedStore
 from broker.adapters.store.redis import RedisStore
+from broker.background import Background
 from broker.config import (
     IdentitySettings,
     ImportSource,
@@ -44,7 +44,7 @@ from broker.config import (
 from broker.core.callers import CallerRegistry
 from broker.core.credentials.account import AccountLogin, import_login
 from broker.core.credentials.admin import AdminOperations
-from broker.core.credentials.authorizer import ALL_SLOTS, Authorizer
+from broker.core.credentials.authorizer import Authorizer
 from broker.core.credentials.circuit import CircuitBreaker, CircuitState
 from broker.core.credentials.identity import IdentityManager
 from broker.core.credentials.ports import BearerSource, Clock, IdentitySource, Store
@@ -74,6 +74,9 @@ _HEALTH_INTERVAL_SECONDS = 5.0
 
 
 T = TypeVar("T")
+
+GetAuthorizationFactory = Callable[[Authorizer, CallerGate], PrebuiltGetAuthorization]
+"""Builds the ``GetAuthorization`` handler (see ``BrokerApp``)."""
 
 
 @dataclass(slots=True)
@@ -173,6 +176,7 @@ class BrokerApp:
         bearer_sources: dict[str, BearerSource] | None = None,
         random_bytes: Callable[[int], bytes] = os.urandom,
         worker: int | None = None,
+        get_authorization: GetAuthorizationFactory = PrebuiltGetAuthorization,
     ) -> None:
         """Args:
         settings: validated settings.
@@ -182,9 +186,12 @@ class BrokerApp:
         random_bytes: CSPRNG for new keys.
         worker: this process's index among a supervisor's workers (``broker/supervisor.py``),
             which share the listen port; ``None`` for a broker on its own.
+        get_authorization: builds the ``GetAuthorization`` handler from the authorizer and the
+            caller gate (the benchmark's echo server passes one that answers fixed bytes).
         """
         self.settings = settings
         self.worker = worker
+        self._get_authorization = get_authorization
         # The control-plane client logs its own controlplane.retry events (in the catalogue);
         # stamina's default hook would add an uncatalogued duplicate line per retry.
         stamina.instrumentation.set_on_retry_hooks([])
@@ -251,7 +258,7 @@ class BrokerApp:
         self.health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._ops: OpsServer | None = None
-        self._background: list[asyncio.Task[None]] = []
+        self.background = Background()
         self.port: int | None = None
 
     def _login_for(self, identity: IdentitySettings) -> AccountLogin | None:
@@ -275,9 +282,7 @@ class BrokerApp:
 
     async def _binding_changed(self, name: str) -> None:
         """A refreshed login names another account or user: the old identity is discarded (§9.3)."""
-        await self.store.delete_identity(name)
-        self.authorizer.drop_identity(name)
-        await self.store.publish_invalidation(name, ALL_SLOTS)
+        await self.authorizer.discard_identity(name, delete_record=True)
 
     def _source_for(self, identity: IdentitySettings) -> IdentitySource | None:
         source = identity.source
@@ -334,7 +339,7 @@ class BrokerApp:
             self.health,
             self.gate,
             rpcs=self.rpcs,
-            get_authorization=PrebuiltGetAuthorization(self.authorizer, self.gate),
+            get_authorization=self._get_authorization(self.authorizer, self.gate),
             access_log_sample=self.settings.access_log_sample,
             reuse_port=self.worker is not None,
         )
@@ -384,11 +389,13 @@ class BrokerApp:
         self.metrics.serving = True
         await self._check_store()
         await self._check_control_plane()
-        self._background = [
-            asyncio.create_task(self._follow_invalidations(), name="invalidations"),
-            asyncio.create_task(self._monitor_health(), name="health"),
-            asyncio.create_task(self._report_stats(), name="stats"),
-        ]
+        self.background.start(
+            {
+                "invalidations": self.authorizer.follow_invalidations,
+                "health": self._monitor_health,
+                "stats": self._report_stats,
+            }
+        )
         log.info(
             Event.BROKER_STARTED,
             listen=self.address,
@@ -443,13 +450,6 @@ class BrokerApp:
             await self._check_store()
             await self._check_control_plane()
 
-    async def _follow_invalidations(self) -> None:
-        while True:
-            try:
-                await self.authorizer.follow_invalidations()
-            except BrokerError:
-                await asyncio.sleep(1.0)
-
     @property
     def rpc_stats(self) -> RpcStats:
         """RPCs finished since start, by code and method."""
@@ -461,7 +461,7 @@ class BrokerApp:
             "rpcs_by_code": dict(self.rpcs.by_code()),
             "rpcs_by_method": dict(self.rpcs.by_method()),
             "rpc_seconds_total": round(self.rpcs.seconds_total(), 6),
-            "authorizer": dict(self.authorizer.counters),
+            "authorizer": self.authorizer.counters.snapshot(),
             "watch_streams": self.authorizer.watch_hub.watchers,
             "watch_topics": self.authorizer.watch_hub.topics,
             "callers": {
@@ -499,12 +499,7 @@ class BrokerApp:
             await login.close()
         if self._server is not None:
             await self._server.stop(grace)
-        for task in self._background:
-            task.cancel()
-        for task in self._background:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._background = []
+        await self.background.stop()
         if self._ops is not None:
             await self._ops.stop()
         await self._http.aclose()

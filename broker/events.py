@@ -40,6 +40,7 @@ class Event(enum.StrEnum):
     SUPERVISOR_WORKER_KILLED = "supervisor.worker_killed"
     SUPERVISOR_STOPPING = "supervisor.stopping"
     SUPERVISOR_STOPPED = "supervisor.stopped"
+    BACKGROUND_RESTARTED = "background.restarted"
     # state
     STORE_EMBEDDED = "store.embedded"
     STORE_CONNECTED = "store.connected"

@@ -121,7 +121,7 @@ class ControlPlaneTimeouts:
 
     def register_task(self, profile: Profile) -> float:
         """The task-registration deadline for ``profile``."""
-        if profile is Profile.AUTHAPI:
+        if profile.rules.at_authapi:
             return self.register_task_authapi
         return self.register_task_chatgpt_backend
 
@@ -323,10 +323,11 @@ class ControlPlaneClient:
             "User-Agent": user_agent,
             "Accept": "application/json",
         }
-        if profile is Profile.CHATGPT_BACKEND:
-            self._root = urls.normalize_chatgpt_base_url(base_url)
-        else:
+        self._rules = profile.rules
+        if self._rules.at_authapi:
             self._root = urls.authapi_base_for(base_url, authapi_base_url)
+        else:
+            self._root = urls.normalize_chatgpt_base_url(base_url)
         urls.host_of(self._root)
         self._biscuit_url = urls.authenticate_app_url(self._root)
         self._identity_url = urls.register_identity_url(self._root, normalise=False)
@@ -356,17 +357,17 @@ class ControlPlaneClient:
                 ``agent_runtime_id`` in it.
         """
         operation = "register_identity"
-        body: dict[str, object] = {"abom": dict(abom), "agent_public_key": agent_public_key}
-        extra: dict[str, str] = {}
-        if self._profile is Profile.CHATGPT_BACKEND:
-            body["capabilities"] = []
-            credential = _Credential.BISCUIT
-        else:
-            body["capabilities"] = ["responsesapi"]
+        body: dict[str, object] = {
+            "abom": dict(abom),
+            "agent_public_key": agent_public_key,
+            "capabilities": list(self._rules.capabilities),
+        }
+        if self._rules.ttl_field:
             body["ttl"] = None
-            credential = _Credential.BEARER
-            if self._fedramp:
-                extra["X-OpenAI-Fedramp"] = "true"
+        extra: dict[str, str] = {}
+        credential = _Credential.BISCUIT if self._rules.biscuits else _Credential.BEARER
+        if self._rules.at_authapi and self._fedramp:
+            extra["X-OpenAI-Fedramp"] = "true"
         data = await self._register(
             operation,
             self._identity_url,
@@ -416,13 +417,12 @@ class ControlPlaneClient:
             ControlPlaneError: any other failure, or a response that is not a JSON object.
         """
         url = urls.register_task_url(self._root, agent_runtime_id, normalise=False)
-        g1 = self._profile is Profile.CHATGPT_BACKEND
         return await self._register(
             "register_task",
             url,
             dict(body),
             bearer=bearer,
-            credential=_Credential.BISCUIT if g1 else _Credential.NONE,
+            credential=_Credential.BISCUIT if self._rules.biscuits else _Credential.NONE,
             deadline=self._timeouts.register_task(self._profile),
             extra_headers={},
         )

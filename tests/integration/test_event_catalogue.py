@@ -53,6 +53,9 @@ EXEMPT: frozenset[Event] = frozenset(
     {
         # Written only when a bug raises an unexpected exception inside an RPC.
         Event.RPC_INTERNAL_ERROR,
+        # Written when a background job fails or ends (a bug, or an injected failure): driven, with
+        # its fields checked against this catalogue, by tests/integration/test_background.py.
+        Event.BACKGROUND_RESTARTED,
         # Needs Redis to come back empty under a running replica: driven, with its fields
         # checked against this catalogue, by tests/integration/test_redis_loss.py.
         Event.IDENTITY_RESTORED,

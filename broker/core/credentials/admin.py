@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from broker.core.credentials.authorizer import ALL_SLOTS, Authorizer
+from broker.core.credentials.authorizer import Authorizer
 from broker.core.credentials.model import IdentityRecord, TaskRecord, task_slot
 from broker.core.credentials.ports import Store
 from broker.core.credentials.spec import IdentityRuntime, validate_thread_id
@@ -49,8 +49,7 @@ class AdminOperations:
         """
         runtime = self._authorizer.runtime(identity)
         record, previous = await self._authorizer.identity_manager.rotate(runtime)
-        self._authorizer.drop_identity(runtime.spec.name)
-        await self._store.publish_invalidation(runtime.spec.name, ALL_SLOTS)
+        await self._authorizer.discard_identity(runtime.spec.name)
         return runtime, record, previous
 
     async def revoke_task(self, identity: str, thread_id: str) -> str | None:
@@ -82,7 +81,6 @@ class AdminOperations:
                 background = await self._authorizer.tasks.peek(record, task_slot(""))
                 if background is not None:
                     await self._store.delete_assertion(name, background.task_id)
-            self._authorizer.drop_identity(name)
-            await self._store.publish_invalidation(name, ALL_SLOTS)
+            await self._authorizer.discard_identity(name)
             log.info(Event.CACHE_FLUSHED, identity=name)
         return names

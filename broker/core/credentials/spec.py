@@ -18,10 +18,57 @@ MAX_THREAD_ID_LEN: Final = 256
 
 
 class Profile(enum.Enum):
-    """The protocol shape an identity speaks (protocol §0.1, §15)."""
+    """The protocol shape an identity speaks (protocol §0.1, §15); :attr:`rules` says what it
+    decides."""
 
     CHATGPT_BACKEND = "chatgpt-backend"
     AUTHAPI = "authapi"
+
+    @property
+    def rules(self) -> ProfileRules:
+        """What this shape decides, in one place."""
+        return _RULES[self]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProfileRules:
+    """Where the two protocol shapes differ (protocol §3, §4, §5, §8.5, §15): every branch on the
+    shape reads one of these, so a difference is stated once."""
+
+    at_authapi: bool
+    """Identities and tasks are registered at the AuthAPI (§3.4), not under the ChatGPT base."""
+    biscuits: bool
+    """Identity and task registrations are authorised by single-use human biscuits minted with
+    the account's Bearer (§4.1, §5.1); otherwise the identity registration sends the Bearer itself
+    and task registrations send no credential (§4.3, §5.1)."""
+    host_rule: bool
+    """Background assertions go only to supported hosts (§3.2; dropped by today's shape, §15)."""
+    bootstrap_rules: bool
+    """A registered identity's failures follow the bootstrap rules (§8.5, §11.2)."""
+    capabilities: tuple[str, ...]
+    """The ``capabilities`` an identity registration declares (§4.1, §4.3)."""
+    ttl_field: bool
+    """An identity registration sends ``"ttl": null`` (§4.3)."""
+
+
+_RULES: Final = {
+    Profile.CHATGPT_BACKEND: ProfileRules(
+        at_authapi=False,
+        biscuits=True,
+        host_rule=True,
+        bootstrap_rules=False,
+        capabilities=(),
+        ttl_field=False,
+    ),
+    Profile.AUTHAPI: ProfileRules(
+        at_authapi=True,
+        biscuits=False,
+        host_rule=False,
+        bootstrap_rules=True,
+        capabilities=("responsesapi",),
+        ttl_field=True,
+    ),
+}
 
 
 class Source(enum.Enum):
@@ -114,7 +161,7 @@ class IdentitySpec:
 
         The host rule belongs to the ``chatgpt-backend`` shape only; today's shape dropped it (§15).
         """
-        if self.profile is Profile.AUTHAPI:
+        if not self.profile.rules.host_rule:
             return True
         return is_supported_host(self.controlplane_url, self.extra_hosts)
 

@@ -9,7 +9,7 @@ import structlog
 from broker.core.credentials.model import BACKGROUND, IdentityRecord, Refusal, TaskRecord
 from broker.core.credentials.ports import Clock, Store
 from broker.core.credentials.singleflight import SingleFlight, fleet_once
-from broker.core.credentials.spec import IdentityRuntime, Profile
+from broker.core.credentials.spec import IdentityRuntime
 from broker.core.protocol.task_id import task_id_from_response
 from broker.core.protocol.task_registration import task_registration_body
 from broker.errors import NoBearerToken, ThreadTaskBudgetExhausted
@@ -188,7 +188,7 @@ class TaskRegistry:
         self, runtime: IdentityRuntime, identity: IdentityRecord, slot: str
     ) -> TaskRecord:
         bearer = await runtime.bearer.token()
-        if bearer is None and runtime.spec.profile is Profile.CHATGPT_BACKEND:
+        if bearer is None and runtime.spec.profile.rules.biscuits:
             raise NoBearerToken(
                 f"identity {identity.name!r} cannot register a task: the account's bearer token "
                 "is missing (biscuit-authorised registration needs it)"
