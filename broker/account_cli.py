@@ -1,25 +1,19 @@
-"""Store maintenance commands: ``account import|show`` (without showing a token) and ``kek reseal``."""
+"""``account import|show``: the account login in the store (never showing a token)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import os
 import sys
 
-from redis.exceptions import RedisError
-
 from broker.adapters.clock import SystemClock
-from broker.adapters.sealing import load_kek_file
-from broker.adapters.store._redis_client import make_client
-from broker.adapters.store.reseal import reseal_all
 from broker.app import build_store
 from broker.config import load_settings
 from broker.core.credentials.account import import_login, public_facts
 from broker.core.protocol.login import parse_auth_json
-from broker.errors import ConfigError, StoreUnavailable
+from broker.errors import ConfigError
 
 
 def _read(path: str) -> str:
@@ -60,30 +54,3 @@ async def run_account_command(args: argparse.Namespace) -> int:
         return 0
     finally:
         await store.close()
-
-
-async def run_reseal() -> int:
-    """Re-seal every private key, login and cached assertion under the primary KEK.
-
-    Prints the report as one JSON line (after any ``store.reseal_skipped`` lines); exits 1 when a
-    key was skipped or unreadable, having handled every other key.
-    """
-    settings = load_settings(os.environ)
-    if not settings.redis_url or settings.kek_file is None:
-        raise ConfigError(
-            "BROKER_REDIS_URL and BROKER_KEK_FILE: 'kek reseal' works on the shared store with the "
-            "KEK file whose first key is the new primary (older keys after it)"
-        )
-    sealer = load_kek_file(settings.kek_file)
-    client = make_client(settings.redis_url, socket_timeout=5.0, connect_timeout=5.0, retries=2)
-    try:
-        report = await reseal_all(client, sealer)
-    except RedisError as exc:
-        # Re-running is safe: every write is a compare-and-set, and values already moved stay put.
-        raise StoreUnavailable(
-            f"kek reseal stopped: Redis failed ({type(exc).__name__}); run it again"
-        ) from None
-    finally:
-        await client.aclose()
-    print(json.dumps(dataclasses.asdict(report), sort_keys=True))  # noqa: T201  (the output)
-    return 0 if report.complete else 1

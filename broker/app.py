@@ -54,7 +54,7 @@ from broker.core.protocol import agent_jwt
 from broker.core.protocol.login import parse_auth_json
 from broker.errors import BrokerError, ConfigError
 from broker.events import Event
-from broker.metrics import RPC_BUCKETS, BrokerMetrics, OpsServer
+from broker.metrics import RPC_BUCKETS, BrokerMetrics
 from broker.transport.grpc.admin import AdminServicer
 from broker.transport.grpc.callers import CallerGate
 from broker.transport.grpc.prebuilt import PrebuiltGetAuthorization
@@ -67,6 +67,7 @@ from broker.transport.grpc.server import (
 from broker.transport.grpc.servicer import BrokerServicer
 from broker.transport.grpc.tally import RpcTally
 from broker.transport.grpc.tls import ReloadingTls
+from broker.transport.ops import OpsServer
 
 log = structlog.get_logger("broker.app")
 

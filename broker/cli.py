@@ -1,7 +1,7 @@
 """``credential-broker``: argv -> Settings -> run.
 
 Commands: ``serve`` (the broker), ``dev`` (emulator + broker on the embedded store, for trying it out),
-``emulator`` (the control-plane emulator alone), ``get-authorization`` (a client), ``inspect`` (decode
+``get-authorization`` (a client), ``inspect`` (decode
 and verify an assertion), ``admin …`` (operator RPCs) and ``kek generate`` (a new key-encryption key
 line). The client commands take a caller token and TLS flags (``broker/client_cli.py``).
 """
@@ -81,19 +81,6 @@ def _parser() -> argparse.ArgumentParser:
     dev.add_argument("--listen", default=DEFAULT_BROKER, help="broker HOST:PORT")
     dev.add_argument("--emulator-listen", default="127.0.0.1:0", help="emulator HOST:PORT")
     dev.add_argument("--log-level", default="info")
-
-    emulator = commands.add_parser("emulator", help="run the control-plane emulator")
-    emulator.add_argument("--listen", default="127.0.0.1:8765", help="HOST:PORT")
-    emulator.add_argument(
-        "--token",
-        action="append",
-        default=[],
-        metavar="TOKEN[:ACCOUNT[:USER]]",
-        help="an accepted access token and its account (repeatable)",
-    )
-    emulator.add_argument("--plaintext-task-ids", action="store_true")
-    emulator.add_argument("--no-require-biscuit", action="store_true")
-    emulator.add_argument("--log-level", default="info")
 
     # allow_abbrev=False: "--token" must not pass for "--token-file" (a token in argv leaks).
     get = commands.add_parser(
@@ -186,18 +173,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             configure_logging(args.log_level)
             return asyncio.run(run_dev(args.listen, args.emulator_listen))
-        if args.command == "emulator":
-            from broker.devmode import run_emulator
-
-            configure_logging(args.log_level)
-            return asyncio.run(
-                run_emulator(
-                    args.listen,
-                    args.token,
-                    plaintext_task_ids=args.plaintext_task_ids,
-                    require_biscuit=not args.no_require_biscuit,
-                )
-            )
         if args.command in ("get-authorization", "inspect", "admin"):
             # These explain a failed TLS handshake in one line; gRPC's core would also log it on
             # stderr unless told before it loads (an operator's own GRPC_VERBOSITY wins).
@@ -233,11 +208,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         if args.command == "kek":
             if args.kek_command == "reseal":
-                from broker.account_cli import run_reseal
+                from broker.kek_cli import run_reseal
 
                 configure_logging("warning")
                 return asyncio.run(run_reseal())
-            from broker.hardening import generate_kek
+            from broker.kek_cli import generate_kek
 
             return generate_kek(args.out, force=args.force)
     except ConfigError as exc:

@@ -14,26 +14,18 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from broker.app import BrokerApp
 from broker.config import load_settings
-from broker.errors import BrokerError, ErrorKind
+from broker.errors import EmulatorNotInstalled
 
 if TYPE_CHECKING:
     from types import ModuleType
 
 EMULATOR_PACKAGE = "cb_emulator"
 EMULATOR_DISTRIBUTION = "credential-broker-emulator"
-
-
-class EmulatorNotInstalled(BrokerError):
-    """A development command needs the control-plane emulator, which is not installed."""
-
-    reason = "EMULATOR_NOT_INSTALLED"
-    kind = ErrorKind.FAILED_PRECONDITION
 
 
 def load_emulator() -> ModuleType:
@@ -105,15 +97,3 @@ async def run_dev(listen: str, emulator_listen: str) -> int:
         finally:
             await app.stop()
     return 0
-
-
-async def run_emulator(
-    listen: str, token_specs: Sequence[str], *, plaintext_task_ids: bool, require_biscuit: bool
-) -> int:
-    """Run the control-plane emulator alone (``credential-broker-emulator``) until a signal."""
-    load_emulator()
-    from cb_emulator.cli import run_emulator as run
-
-    return await run(
-        listen, token_specs, plaintext_task_ids=plaintext_task_ids, require_biscuit=require_biscuit
-    )

@@ -5,7 +5,46 @@ machine-readable ``reason`` (sent to callers as ``google.rpc.ErrorInfo.reason``)
 transport maps to a gRPC status code in exactly one table (``transport/grpc/status.py``). Messages are
 written at the raise site, are precise, and never contain a secret: callers and logs see them verbatim.
 
-This module imports nothing from grpc, redis or httpx.
+Every deliberate error is defined here, so this is the whole tree (``reason``, kind)::
+
+    BrokerError
+    ├── AccountUnusable (REAUTH_REQUIRED, FAILED_PRECONDITION)
+    ├── BootstrapRefused (BOOTSTRAP_REFUSED, FAILED_PRECONDITION)
+    ├── CallerDenied (PERMISSION_DENIED, PERMISSION_DENIED)
+    │   ├── BearerNotAllowed (BEARER_NOT_ALLOWED, FAILED_PRECONDITION)
+    │   ├── RateLimited (RATE_LIMITED, RESOURCE_EXHAUSTED)
+    │   ├── ReportRefused (REPORT_REFUSED, PERMISSION_DENIED)
+    │   └── Unauthenticated (UNAUTHENTICATED, UNAUTHENTICATED)
+    ├── ConfigError (INVALID_CONFIGURATION, FAILED_PRECONDITION)
+    ├── ControlPlaneError (CONTROL_PLANE_ERROR, FAILED_PRECONDITION)
+    │   └── ControlPlaneUnavailable (CONTROL_PLANE_UNAVAILABLE, UNAVAILABLE)
+    ├── EmulatorNotInstalled (EMULATOR_NOT_INSTALLED, FAILED_PRECONDITION)
+    ├── IdentityUnusable (IDENTITY_UNUSABLE, FAILED_PRECONDITION)
+    │   └── AgentJwtError (AGENT_JWT_INVALID, FAILED_PRECONDITION)
+    ├── InvalidArgument (INVALID_ARGUMENT, INVALID_ARGUMENT)
+    ├── NoBearerToken (NO_BEARER_TOKEN, FAILED_PRECONDITION)
+    ├── ProtocolError (PROTOCOL_ERROR, INVALID_ARGUMENT)
+    │   ├── AssertionFormatError (ASSERTION_FORMAT, INVALID_ARGUMENT)
+    │   ├── KeyFormatError (KEY_FORMAT, INVALID_ARGUMENT)
+    │   ├── LoginFormatError (LOGIN_INVALID, INVALID_ARGUMENT)
+    │   ├── RuntimeMismatch (RUNTIME_MISMATCH, INVALID_ARGUMENT)
+    │   ├── SignatureInvalid (SIGNATURE_INVALID, INVALID_ARGUMENT)
+    │   ├── TaskIdError (TASK_ID_INVALID, INVALID_ARGUMENT)
+    │   └── UrlError (URL_INVALID, INVALID_ARGUMENT)
+    ├── RefreshOutcomeUnknown (REFRESH_OUTCOME_UNKNOWN, UNAVAILABLE)
+    ├── RefreshRejected (REAUTH_REQUIRED, FAILED_PRECONDITION)
+    ├── RefreshUnavailable (REFRESH_UNAVAILABLE, UNAVAILABLE)
+    ├── SealingError (SEALED_VALUE_INVALID, INTERNAL)
+    │   └── UnknownKek (KEK_NOT_CONFIGURED, UNAVAILABLE)
+    ├── SingleFlightTimeout (REGISTRATION_IN_PROGRESS, UNAVAILABLE)
+    ├── StoreCorrupt (STORE_CORRUPT, UNAVAILABLE)
+    ├── StoreUnavailable (STORE_UNAVAILABLE, UNAVAILABLE)
+    ├── TaskUnavailable (TASK_REGISTRATION_UNAVAILABLE, UNAVAILABLE)
+    ├── ThreadTaskBudgetExhausted (THREAD_TASK_BUDGET_EXHAUSTED, RESOURCE_EXHAUSTED)
+    └── UnknownIdentity (UNKNOWN_IDENTITY, NOT_FOUND)
+
+A test (``tests/unit/test_errors.py``) keeps this drawing equal to the classes. This module imports
+nothing from grpc, redis or httpx.
 """
 
 from __future__ import annotations
@@ -99,6 +138,13 @@ class UrlError(ProtocolError):
     """A control-plane base URL cannot be used (protocol §3)."""
 
     reason = "URL_INVALID"
+
+
+class EmulatorNotInstalled(BrokerError):
+    """A development command needs the control-plane emulator, which is not installed."""
+
+    reason = "EMULATOR_NOT_INSTALLED"
+    kind = ErrorKind.FAILED_PRECONDITION
 
 
 class UnknownIdentity(BrokerError):
@@ -240,3 +286,68 @@ class AccountUnusable(BrokerError):
 
     reason = "REAUTH_REQUIRED"
     kind = ErrorKind.FAILED_PRECONDITION
+
+
+# -- the caller's policy ------------------------------------------------------------------------
+
+
+class CallerDenied(BrokerError):
+    """A caller was refused; ``rule`` names the policy rule (for the ``caller.denied`` event)."""
+
+    reason: ClassVar[str] = "PERMISSION_DENIED"
+    kind: ClassVar[ErrorKind] = ErrorKind.PERMISSION_DENIED
+
+    def __init__(self, message: str, *, rule: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.rule = rule
+        self.retry_after = retry_after
+
+
+class Unauthenticated(CallerDenied):
+    """No credential, or one that names no configured caller."""
+
+    reason = "UNAUTHENTICATED"
+    kind = ErrorKind.UNAUTHENTICATED
+
+
+class RateLimited(CallerDenied):
+    """The caller exceeded its rate limit; retry after ``retry_after`` seconds."""
+
+    reason = "RATE_LIMITED"
+    kind = ErrorKind.RESOURCE_EXHAUSTED
+
+
+class ReportRefused(CallerDenied):
+    """A rejection report named a header this broker did not issue (forged, or another key's)."""
+
+    reason = "REPORT_REFUSED"
+    kind = ErrorKind.PERMISSION_DENIED
+
+
+class BearerNotAllowed(CallerDenied):
+    """A Bearer fallback was due but the caller may not receive the account's token."""
+
+    reason = "BEARER_NOT_ALLOWED"
+    kind = ErrorKind.FAILED_PRECONDITION
+
+
+# -- registration, the Agent Identity JWT and the login record ---------------------------------
+
+
+class SingleFlightTimeout(BrokerError):
+    """Another replica held the registration lock for longer than this caller could wait."""
+
+    reason = "REGISTRATION_IN_PROGRESS"
+    kind = ErrorKind.UNAVAILABLE
+
+
+class AgentJwtError(IdentityUnusable):
+    """The Agent Identity JWT is malformed, untrusted or expired; the message says which."""
+
+    reason = "AGENT_JWT_INVALID"
+
+
+class LoginFormatError(ProtocolError):
+    """A login record or token is malformed; the message names the field."""
+
+    reason = "LOGIN_INVALID"

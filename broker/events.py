@@ -7,7 +7,7 @@ The catalogue describes each event as data (:class:`EventSpec`, one per name, in
 :data:`broker.catalog.CATALOGUE`): its level, one line saying what happened, and its fields with
 their JSON types and whether they are identifiers. Identifiers such as ``identity``,
 ``agent_runtime_id`` and ``task_id`` may appear; secrets never do (:data:`SECRETS_IN_FIELDS`): they
-travel as :class:`broker.secrets.Secret` and the redaction processor in :mod:`broker.logs` masks
+travel as :class:`broker.secret.Secret` and the redaction processor in :mod:`broker.logs` masks
 anything secret-looking a second time.
 
 ``docs/events.md`` is generated from the catalogue (``python -m broker.catalog --write``); a test
@@ -95,7 +95,7 @@ class Event(enum.StrEnum):
 SECRETS_IN_FIELDS: Final = False
 """No field of any event carries a secret (private key, token, assertion, biscuit, KEK).
 
-Held by construction (secrets are :class:`broker.secrets.Secret`, whose ``repr`` is masked, and no
+Held by construction (secrets are :class:`broker.secret.Secret`, whose ``repr`` is masked, and no
 catalogued field is meant for one) and enforced again by :func:`broker.logs.redact_secrets`.
 """
 

@@ -30,7 +30,7 @@ from broker.events import Event
 log = structlog.get_logger("broker.hardening")
 
 PRIVATE_MODE: Final = 0o600
-_GROUP_OTHER: Final = 0o077
+GROUP_OTHER: Final = 0o077
 _PR_SET_DUMPABLE: Final = 4
 _PR_GET_DUMPABLE: Final = 3
 
@@ -93,7 +93,7 @@ def exposed_mode(path: Path) -> int | None:
         mode = stat.S_IMODE(path.stat().st_mode)
     except OSError:
         return None
-    return mode if mode & _GROUP_OTHER else None
+    return mode if mode & GROUP_OTHER else None
 
 
 def harden_process(settings: Settings) -> None:
@@ -150,43 +150,3 @@ def write_secret_file(path: Path, text: str, *, force: bool = False) -> None:
     except BaseException:
         written.unlink(missing_ok=True)
         raise
-
-
-def generate_kek(out: str | None, *, force: bool = False) -> int:
-    """``kek generate``: print a new KEK line, or write it to ``out`` (mode 0600); the exit status."""
-    from broker.adapters.sealing import generate_kek_line
-
-    line = generate_kek_line() + "\n"
-    if out is None:
-        if force:
-            sys.stderr.write("credential-broker: kek generate: --force needs --out FILE\n")
-            return 2
-        sys.stdout.write(line)
-        sys.stdout.flush()
-        mode = _exposed_stdout()
-        if mode is not None:
-            sys.stderr.write(
-                f"credential-broker: warning: the KEK went to a file readable by group or others "
-                f"(mode {mode:04o}); chmod 600 it, or use 'kek generate --out FILE'\n"
-            )
-        return 0
-    try:
-        write_secret_file(Path(out), line, force=force)
-    except FileExistsError:
-        sys.stderr.write(f"credential-broker: {out} exists; pass --force to replace it\n")
-        return 1
-    except OSError as exc:
-        sys.stderr.write(f"credential-broker: cannot write {out}: {exc.strerror or exc}\n")
-        return 1
-    sys.stderr.write(f"credential-broker: wrote a new KEK to {out} (mode 0600)\n")
-    return 0
-
-
-def _exposed_stdout() -> int | None:
-    """The mode of stdout if it is a regular file that group or others may access."""
-    try:
-        info = os.fstat(sys.stdout.fileno())
-    except (OSError, ValueError):
-        return None
-    mode = stat.S_IMODE(info.st_mode)
-    return mode if stat.S_ISREG(info.st_mode) and mode & _GROUP_OTHER else None

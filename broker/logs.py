@@ -5,7 +5,7 @@ through ``structlog.get_logger()``. Per-RPC context (method, request id, peer, c
 the :data:`RPC_LOG_CONTEXT` the gRPC interceptor sets for each RPC, and is computed only when a line
 is written while serving it (:func:`merge_rpc_context`): a call that logs nothing pays nothing.
 
-Secrets are kept out of logs twice: by construction (they travel as :class:`broker.secrets.Secret`,
+Secrets are kept out of logs twice: by construction (they travel as :class:`broker.secret.Secret`,
 whose ``repr`` is masked) and by :func:`redact_secrets`, which masks fields with secret-sounding names
 and any string that looks like an assertion, a Bearer token or a PKCS#8 private key.
 """
@@ -21,7 +21,7 @@ from typing import Any, Final, Protocol, TextIO
 
 import structlog
 
-from broker.secrets import Secret
+from broker.secret import Secret
 
 REDACTED: Final = "[REDACTED]"
 # Field names are snake_case; a secret-sounding word must be a whole word of the name

@@ -14,7 +14,7 @@ import structlog
 from broker.adapters.watched_file import WatchedFile
 from broker.core.credentials.ports import Clock
 from broker.events import Event
-from broker.secrets import Secret
+from broker.secret import Secret
 
 log = structlog.get_logger("broker.bearer")
 

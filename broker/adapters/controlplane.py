@@ -47,7 +47,7 @@ from broker.core.protocol import urls
 from broker.errors import ControlPlaneError, ControlPlaneUnavailable, NoBearerToken
 from broker.events import Event
 from broker.logs import REDACTED, redact_secrets
-from broker.secrets import Secret
+from broker.secret import Secret
 
 __all__ = [
     "DEFAULT_RETRY",

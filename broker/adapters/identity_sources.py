@@ -25,9 +25,9 @@ from broker.core.credentials.model import IdentityRecord
 from broker.core.credentials.ports import Clock
 from broker.core.protocol import agent_jwt
 from broker.core.protocol.keys import AgentKey
-from broker.errors import ControlPlaneUnavailable, IdentityUnusable, KeyFormatError
+from broker.errors import AgentJwtError, ControlPlaneUnavailable, IdentityUnusable, KeyFormatError
 from broker.events import Event
-from broker.secrets import Secret
+from broker.secret import Secret
 
 log = structlog.get_logger("broker.identity_sources")
 
@@ -191,7 +191,7 @@ class JwtIdentitySource:
             )
         assert self._expires_at is not None  # noqa: S101  (set with the record)
         if now.timestamp() > self._expires_at.timestamp() + agent_jwt.EXP_LEEWAY_SECONDS:
-            raise agent_jwt.AgentJwtError(
+            raise AgentJwtError(
                 f"the agent identity JWT of identity {self._name!r} expired at "
                 f"{self._expires_at.isoformat()}; replace it"
             )

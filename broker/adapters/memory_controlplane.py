@@ -7,7 +7,7 @@ valid signature by the registered key over ``<runtime id>:<timestamp>`` (§5.1, 
 call is counted. Failures are scripted with :meth:`fail_next`, so a test can say "the next two task
 registrations answer 503" and watch the core fall back, open its circuit or retry.
 
-For end-to-end tests over HTTP use the emulator (``credential-broker emulator``) instead; this is
+For end-to-end tests over HTTP use the emulator (``credential-broker-emulator``) instead; this is
 for the core's unit tests, which run in milliseconds.
 """
 
@@ -21,7 +21,7 @@ from datetime import datetime
 from broker.core.protocol.keys import parse_ssh_public_key
 from broker.core.protocol.task_registration import verify_task_registration
 from broker.errors import ControlPlaneError, ProtocolError
-from broker.secrets import Secret
+from broker.secret import Secret
 
 __all__ = ["InMemoryControlPlane"]
 

@@ -19,9 +19,14 @@ from typing import Final
 import httpx
 
 from broker.adapters.body_limit import BodyTooLargeError, read_limited
-from broker.core.protocol.login import LoginFormatError, LoginTokens, tokens_from
-from broker.errors import RefreshOutcomeUnknown, RefreshRejected, RefreshUnavailable
-from broker.secrets import Secret
+from broker.core.protocol.login import LoginTokens, tokens_from
+from broker.errors import (
+    LoginFormatError,
+    RefreshOutcomeUnknown,
+    RefreshRejected,
+    RefreshUnavailable,
+)
+from broker.secret import Secret
 
 DEFAULT_SCOPE: Final = "openid profile email"
 MAX_ANSWER_BYTES: Final = 64 * 1024

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Final
 
 from broker.core.credentials.ports import Clock
-from broker.secrets import Secret
+from broker.secret import Secret
 
 _NOT_READ: Final = (-1, -1, -1)
 

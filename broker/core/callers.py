@@ -13,50 +13,9 @@ import hashlib
 import hmac
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import ClassVar
 
 from broker.core.credentials.ports import Clock
-from broker.errors import BrokerError, ErrorKind
-
-
-class CallerDenied(BrokerError):
-    """A caller was refused; ``rule`` names the policy rule (for the ``caller.denied`` event)."""
-
-    reason: ClassVar[str] = "PERMISSION_DENIED"
-    kind: ClassVar[ErrorKind] = ErrorKind.PERMISSION_DENIED
-
-    def __init__(self, message: str, *, rule: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.rule = rule
-        self.retry_after = retry_after
-
-
-class Unauthenticated(CallerDenied):
-    """No credential, or one that names no configured caller."""
-
-    reason = "UNAUTHENTICATED"
-    kind = ErrorKind.UNAUTHENTICATED
-
-
-class RateLimited(CallerDenied):
-    """The caller exceeded its rate limit; retry after ``retry_after`` seconds."""
-
-    reason = "RATE_LIMITED"
-    kind = ErrorKind.RESOURCE_EXHAUSTED
-
-
-class ReportRefused(CallerDenied):
-    """A rejection report named a header this broker did not issue (forged, or another key's)."""
-
-    reason = "REPORT_REFUSED"
-    kind = ErrorKind.PERMISSION_DENIED
-
-
-class BearerNotAllowed(CallerDenied):
-    """A Bearer fallback was due but the caller may not receive the account's token."""
-
-    reason = "BEARER_NOT_ALLOWED"
-    kind = ErrorKind.FAILED_PRECONDITION
+from broker.errors import BearerNotAllowed, CallerDenied, RateLimited
 
 
 def hash_token(token: str) -> str:

@@ -29,7 +29,7 @@ from broker._proto.credential_broker.v1 import broker_pb2 as pb
 from broker.adapters.identity_sources import JwksCache
 from broker.adapters.oauth import OAuthTokenEndpoint
 from broker.errors import ControlPlaneUnavailable, RefreshOutcomeUnknown, RefreshUnavailable
-from broker.secrets import Secret
+from broker.secret import Secret
 from cb_emulator import Emulator
 from tests.conftest import ManualClock
 from tests.fixtures.fleet import Report, StartFleet

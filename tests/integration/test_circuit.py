@@ -12,7 +12,7 @@ from broker.core.credentials.circuit import CircuitBreaker, CircuitState
 from broker.core.credentials.spec import Profile
 from broker.core.protocol.keys import AgentKey
 from broker.errors import ControlPlaneError, ControlPlaneUnavailable
-from broker.secrets import Secret
+from broker.secret import Secret
 from cb_emulator import Emulator
 from tests.conftest import ManualClock
 

@@ -26,7 +26,7 @@ from broker.core.protocol.task_id import task_id_from_response
 from broker.core.protocol.task_registration import task_registration_body
 from broker.errors import ControlPlaneError, ControlPlaneUnavailable, NoBearerToken, UrlError
 from broker.events import Event
-from broker.secrets import Secret
+from broker.secret import Secret
 from cb_emulator import Emulator, EmulatorAccount
 from tests.conftest import free_port
 from tests.fixtures.emulator import StartEmulator

@@ -61,7 +61,7 @@ from broker.errors import (
     ControlPlaneUnavailable,
     TaskIdError,
 )
-from broker.secrets import Secret
+from broker.secret import Secret
 from cb_emulator import Emulator, EmulatorAccount
 from tests.fixtures.broker import DEV_TOKEN, UNMETERED_THREADS, StartBroker
 from tests.fixtures.emulator import StartEmulator

@@ -20,7 +20,7 @@ from broker.adapters.store.redis import RedisStore
 from broker.adapters.store.reseal import reseal_all
 from broker.core.credentials.model import CachedAssertion, IdentityRecord
 from broker.core.protocol.keys import AgentKey
-from broker.secrets import Secret
+from broker.secret import Secret
 from tests.fixtures.redis import RedisServerProcess
 
 pytestmark = pytest.mark.integration

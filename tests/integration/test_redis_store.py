@@ -18,7 +18,7 @@ from broker.core.credentials.model import BACKGROUND, CachedAssertion, IdentityR
 from broker.core.protocol.keys import AgentKey
 from broker.errors import ConfigError, StoreUnavailable
 from broker.events import Event
-from broker.secrets import Secret
+from broker.secret import Secret
 from tests.conftest import free_port
 from tests.fixtures.redis import RedisServerProcess
 

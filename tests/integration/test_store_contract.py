@@ -27,7 +27,7 @@ from broker.core.credentials.model import (
 )
 from broker.core.credentials.ports import Store
 from broker.core.protocol.keys import AgentKey
-from broker.secrets import Secret
+from broker.secret import Secret
 from tests.conftest import ManualClock
 
 RUNTIME = "rt-1"

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import pytest
 
 from broker.core.callers import CallerPolicy, CallerRegistry, hash_token
-from broker.secrets import Secret
+from broker.secret import Secret
 from tests.conftest import ManualClock
 
 Calls = list[tuple[object, object]]

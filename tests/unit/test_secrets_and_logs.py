@@ -11,7 +11,7 @@ import structlog
 
 from broker.core.protocol.keys import AgentKey
 from broker.logs import REDACTED, configure_logging, redact_secrets
-from broker.secrets import Secret
+from broker.secret import Secret
 
 TOKEN = "sk-very-secret-token-value"
 

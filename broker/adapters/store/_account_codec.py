@@ -17,8 +17,8 @@ from broker.adapters.store._codec import (
 )
 from broker.core.credentials.model import AccountRecord, AccountState
 from broker.core.credentials.ports import Sealer
-from broker.core.protocol.login import LoginFormatError, tokens_from
-from broker.errors import StoreCorrupt
+from broker.core.protocol.login import tokens_from
+from broker.errors import LoginFormatError, StoreCorrupt
 
 TOKENS_FIELD: Final = "tokens"
 

@@ -15,7 +15,7 @@ from broker.core.credentials.model import CachedAssertion, IdentityRecord, TaskR
 from broker.core.credentials.ports import Sealer
 from broker.core.protocol.keys import AgentKey
 from broker.errors import KeyFormatError, SealingError, StoreCorrupt, StoreUnavailable, UnknownKek
-from broker.secrets import Secret
+from broker.secret import Secret
 
 PRIVATE_KEY_FIELD: Final = "private_key"
 _IDENTITY_FIELDS: Final = (

@@ -47,7 +47,7 @@ from broker.errors import (
     RefreshUnavailable,
 )
 from broker.events import Event
-from broker.secrets import Secret
+from broker.secret import Secret
 
 log = structlog.get_logger("broker.account")
 

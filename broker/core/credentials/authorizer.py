@@ -31,7 +31,7 @@ from datetime import datetime, timedelta
 
 import structlog
 
-from broker.core.callers import INTERNAL_CALLER, LOCAL_CALLER, CallerPolicy, ReportRefused
+from broker.core.callers import INTERNAL_CALLER, LOCAL_CALLER, CallerPolicy
 from broker.core.credentials.counters import AuthorizerCounters
 from broker.core.credentials.fallback import BOOTSTRAP_COOLDOWN, FallbackPolicy
 from broker.core.credentials.identity import IdentityManager
@@ -67,11 +67,12 @@ from broker.errors import (
     InvalidArgument,
     NoBearerToken,
     ProtocolError,
+    ReportRefused,
     TaskUnavailable,
     UnknownIdentity,
 )
 from broker.events import Event
-from broker.secrets import Secret
+from broker.secret import Secret
 
 log = structlog.get_logger("broker.authorizer")
 

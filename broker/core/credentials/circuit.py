@@ -18,7 +18,7 @@ import structlog
 from broker.core.credentials.ports import Clock, ControlPlane
 from broker.errors import ControlPlaneError, ControlPlaneUnavailable
 from broker.events import Event
-from broker.secrets import Secret
+from broker.secret import Secret
 
 log = structlog.get_logger("broker.circuit")
 

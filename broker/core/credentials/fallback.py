@@ -24,7 +24,7 @@ from broker.errors import (
     TaskUnavailable,
 )
 from broker.events import Event
-from broker.secrets import Secret
+from broker.secret import Secret
 
 log = structlog.get_logger("broker.authorizer")
 

@@ -8,11 +8,11 @@ import structlog
 
 from broker.core.credentials.model import IdentityRecord
 from broker.core.credentials.ports import Clock, Store
-from broker.core.credentials.singleflight import SingleFlight, SingleFlightTimeout, fleet_once
+from broker.core.credentials.singleflight import SingleFlight, fleet_once
 from broker.core.credentials.spec import IdentityRuntime, Profile, Source, binding
 from broker.core.credentials.waiting import poll_until
 from broker.core.protocol.keys import AgentKey
-from broker.errors import IdentityUnusable, NoBearerToken
+from broker.errors import IdentityUnusable, NoBearerToken, SingleFlightTimeout
 from broker.events import Event
 
 log = structlog.get_logger("broker.identity")

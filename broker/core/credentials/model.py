@@ -9,7 +9,7 @@ from typing import Final
 
 from broker.core.protocol.keys import AgentKey
 from broker.core.protocol.login import LoginTokens
-from broker.secrets import Secret
+from broker.secret import Secret
 
 BACKGROUND: Final = "background"
 

@@ -20,7 +20,7 @@ from broker.core.credentials.model import (
     TaskRecord,
 )
 from broker.core.protocol.login import LoginTokens
-from broker.secrets import Secret
+from broker.secret import Secret
 
 
 class Clock(Protocol):

@@ -28,17 +28,10 @@ from typing import Generic, TypeVar
 
 from broker.core.credentials.ports import Clock, Store
 from broker.core.credentials.waiting import poll_until
-from broker.errors import BrokerError, ErrorKind
+from broker.errors import SingleFlightTimeout
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
-
-
-class SingleFlightTimeout(BrokerError):
-    """Another replica held the registration lock for longer than this caller could wait."""
-
-    reason = "REGISTRATION_IN_PROGRESS"
-    kind = ErrorKind.UNAVAILABLE
 
 
 class SingleFlight(Generic[K, V]):

@@ -14,7 +14,7 @@ from broker.core.protocol.task_id import task_id_from_response
 from broker.core.protocol.task_registration import task_registration_body
 from broker.errors import NoBearerToken, ThreadTaskBudgetExhausted
 from broker.events import Event
-from broker.secrets import Secret
+from broker.secret import Secret
 
 log = structlog.get_logger("broker.tasks")
 

@@ -16,18 +16,12 @@ from typing import Any, Final
 import jwt
 
 from broker.core.protocol.keys import AgentKey
-from broker.errors import IdentityUnusable, KeyFormatError
+from broker.errors import AgentJwtError, KeyFormatError
 
 DEFAULT_ISSUER: Final = "https://chatgpt.com/codex-backend/agent-identity"
 DEFAULT_AUDIENCE: Final = "codex-app-server"
 EXP_LEEWAY_SECONDS: Final = 60
 _MAX_JWT_LEN: Final = 64 * 1024
-
-
-class AgentJwtError(IdentityUnusable):
-    """The Agent Identity JWT is malformed, untrusted or expired; the message says which."""
-
-    reason = "AGENT_JWT_INVALID"
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,16 +15,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from broker.errors import ProtocolError
-from broker.secrets import Secret
+from broker.errors import LoginFormatError
+from broker.secret import Secret
 
 AUTH_CLAIM: Final = "https://api.openai.com/auth"
-
-
-class LoginFormatError(ProtocolError):
-    """A login record or token is malformed; the message names the field."""
-
-    reason = "LOGIN_INVALID"
 
 
 @dataclass(frozen=True, slots=True)

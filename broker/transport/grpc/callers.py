@@ -16,13 +16,8 @@ from typing import TYPE_CHECKING, Final, Protocol
 
 import structlog
 
-from broker.core.callers import (
-    LOCAL_CALLER,
-    CallerDenied,
-    CallerPolicy,
-    CallerRegistry,
-    Unauthenticated,
-)
+from broker.core.callers import LOCAL_CALLER, CallerPolicy, CallerRegistry
+from broker.errors import CallerDenied, Unauthenticated
 from broker.events import Event
 
 if TYPE_CHECKING:

@@ -14,11 +14,11 @@ import structlog
 
 from broker._proto.credential_broker.v1 import broker_pb2 as pb
 from broker._proto.credential_broker.v1 import broker_pb2_grpc as pb_grpc
-from broker.core.callers import CallerDenied, CallerPolicy, Unauthenticated
+from broker.core.callers import CallerPolicy
 from broker.core.credentials.authorizer import Authorizer
-from broker.errors import BrokerError
+from broker.errors import BrokerError, CallerDenied, Unauthenticated
 from broker.events import Event
-from broker.secrets import Secret
+from broker.secret import Secret
 from broker.transport.grpc import convert
 from broker.transport.grpc.callers import CURRENT_CALLER, CallerGate
 from broker.transport.grpc.status import internal_status, to_status

@@ -15,7 +15,7 @@ import pytest
 from broker.adapters.bearer import StaticBearer
 from broker.adapters.memory_controlplane import InMemoryControlPlane
 from broker.adapters.store.embedded import EmbeddedStore
-from broker.core.callers import CallerPolicy, ReportRefused
+from broker.core.callers import CallerPolicy
 from broker.core.credentials.authorizer import Authorizer
 from broker.core.credentials.identity import IdentityManager
 from broker.core.credentials.model import FallbackReason, Mode, Scheme, TaskKind
@@ -27,10 +27,11 @@ from broker.errors import (
     ControlPlaneError,
     ControlPlaneUnavailable,
     InvalidArgument,
+    ReportRefused,
     TaskUnavailable,
     ThreadTaskBudgetExhausted,
 )
-from broker.secrets import Secret
+from broker.secret import Secret
 from tests.conftest import ManualClock
 
 SUPPORTED = "https://chatgpt.com/backend-api"

@@ -13,7 +13,7 @@ from broker.core.credentials.circuit import CircuitBreaker, CircuitState
 from broker.core.protocol.keys import AgentKey
 from broker.errors import ControlPlaneError, ControlPlaneUnavailable
 from broker.events import Event
-from broker.secrets import Secret
+from broker.secret import Secret
 from tests.conftest import ManualClock
 
 THRESHOLD = 3

@@ -7,7 +7,8 @@ import asyncio
 import pytest
 
 from broker.adapters.store.embedded import EmbeddedStore
-from broker.core.credentials.singleflight import SingleFlight, SingleFlightTimeout, fleet_once
+from broker.core.credentials.singleflight import SingleFlight, fleet_once
+from broker.errors import SingleFlightTimeout
 from tests.conftest import ManualClock
 
 

@@ -13,12 +13,12 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from broker.core.protocol.agent_jwt import (
     DEFAULT_AUDIENCE,
     DEFAULT_ISSUER,
-    AgentJwtError,
     jwks_url,
     precheck,
     verify,
 )
 from broker.core.protocol.keys import AgentKey
+from broker.errors import AgentJwtError
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 SIGNING = rsa.generate_private_key(public_exponent=65537, key_size=2048)
