@@ -410,8 +410,9 @@ class BrokerApp:
         )
 
     def _process_fields(self) -> dict[str, int]:
-        """``pid``, and ``worker`` for a supervised worker: which process wrote the line."""
-        return {"pid": os.getpid(), **({"worker": self.worker} if self.worker is not None else {})}
+        """``pid``: which process wrote the line (a supervised worker's every line also names its
+        ``worker``, added by its logging configuration)."""
+        return {"pid": os.getpid()}
 
     async def _import_account_file(self, name: str, path: Path) -> None:
         """Seed the store with a login file once; a login already stored (maybe refreshed since)

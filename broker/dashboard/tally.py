@@ -7,19 +7,19 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from broker.core.credentials.counters import BEARER_PREFIX
 from broker.events import Event
 
 ASSERTION: Final = "AgentAssertion"
 BEARER: Final = "Bearer"
 _ASSERTION_COUNTERS: Final = ("l1_hit", "l2_hit", "assertion_minted")
-_BEARER_PREFIX: Final = "bearer."
 
 
 def scheme_counts(counters: dict[str, int]) -> dict[str, int]:
     """Authorizations by scheme from the authorizer's counters (every answer counts once)."""
     return {
         ASSERTION: sum(counters.get(name, 0) for name in _ASSERTION_COUNTERS),
-        BEARER: sum(v for k, v in counters.items() if k.startswith(_BEARER_PREFIX)),
+        BEARER: sum(v for k, v in counters.items() if k.startswith(BEARER_PREFIX)),
     }
 
 
@@ -150,9 +150,9 @@ class Tally:
         if span > 0:
             rates |= {k: round(v / span, 3) for k, v in schemes.items()}
         bearer = {
-            k.removeprefix(_BEARER_PREFIX): v
+            k.removeprefix(BEARER_PREFIX): v
             for k, v in sorted(self.counters.items())
-            if k.startswith(_BEARER_PREFIX)
+            if k.startswith(BEARER_PREFIX)
         }
         c = self.counters
         return {

@@ -153,10 +153,6 @@ class CallerGate:
 
         return admit
 
-    def admit(self, method: str, call: CallerCall) -> CallerPolicy | None:
-        """Admit the caller of one call of ``method`` (see :meth:`admission`)."""
-        return self.admission(method)(call)
-
     def _authenticate(self, method: str, call: CallerCall) -> CallerPolicy:
         token = _token_from(call.invocation_metadata())
         policy = self._registry.by_token(token) if token is not None else None
