@@ -48,6 +48,7 @@ from broker.core.credentials.authorizer import Authorizer
 from broker.core.credentials.circuit import CircuitBreaker, CircuitState
 from broker.core.credentials.identity import IdentityManager
 from broker.core.credentials.ports import BearerSource, Clock, IdentitySource, Store
+from broker.core.credentials.routing import WorkspaceRouter
 from broker.core.credentials.spec import IdentityRuntime, IdentitySpec
 from broker.core.credentials.tasks import TaskRegistry
 from broker.core.protocol import agent_jwt
@@ -248,6 +249,9 @@ class BrokerApp:
                 store=self.store, clock=self.clock, lock_ttl=lock_ttl, wait_deadline=wait_deadline
             ),
             rejection_min_interval=settings.rejection_min_interval,
+            router=WorkspaceRouter(
+                store=self.store, clock=self.clock, lock_ttl=lock_ttl, wait_deadline=wait_deadline
+            ),
         )
         self.callers = CallerRegistry(settings.callers, self.clock)
         self.rpcs = RpcTally(RPC_BUCKETS)

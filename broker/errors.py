@@ -41,7 +41,10 @@ Every deliberate error is defined here, so this is the whole tree (``reason``, k
     ├── StoreUnavailable (STORE_UNAVAILABLE, UNAVAILABLE)
     ├── TaskUnavailable (TASK_REGISTRATION_UNAVAILABLE, UNAVAILABLE)
     ├── ThreadTaskBudgetExhausted (THREAD_TASK_BUDGET_EXHAUSTED, RESOURCE_EXHAUSTED)
-    └── UnknownIdentity (UNKNOWN_IDENTITY, NOT_FOUND)
+    ├── UnknownIdentity (UNKNOWN_IDENTITY, NOT_FOUND)
+    ├── WorkspaceRoutingInvalid (WORKSPACE_ROUTING_INVALID, FAILED_PRECONDITION)
+    ├── WorkspaceRoutingUnauthorized (WORKSPACE_ROUTING_UNAUTHORIZED, FAILED_PRECONDITION)
+    └── WorkspaceRoutingUnavailable (WORKSPACE_ROUTING_UNAVAILABLE, UNAVAILABLE)
 
 A test (``tests/unit/test_errors.py``) keeps this drawing equal to the classes. This module imports
 nothing from grpc, redis or httpx.
@@ -285,6 +288,30 @@ class AccountUnusable(BrokerError):
     """The account's login cannot give a Bearer (re-login needed, or not imported)."""
 
     reason = "REAUTH_REQUIRED"
+    kind = ErrorKind.FAILED_PRECONDITION
+
+
+class WorkspaceRoutingUnavailable(BrokerError):
+    """The account's workspace route could not be discovered now (backend unreachable, or another
+    replica's discovery outlasted the wait): calls that need it fail closed, never to a guessed
+    origin."""
+
+    reason = "WORKSPACE_ROUTING_UNAVAILABLE"
+    kind = ErrorKind.UNAVAILABLE
+
+
+class WorkspaceRoutingInvalid(BrokerError):
+    """The backend's routing answer cannot be used (an invalid origin, an unknown override, an
+    entry naming another account, or an error status)."""
+
+    reason = "WORKSPACE_ROUTING_INVALID"
+    kind = ErrorKind.FAILED_PRECONDITION
+
+
+class WorkspaceRoutingUnauthorized(BrokerError):
+    """Route discovery refused the account's Bearer (401), also after re-reading it."""
+
+    reason = "WORKSPACE_ROUTING_UNAUTHORIZED"
     kind = ErrorKind.FAILED_PRECONDITION
 
 

@@ -78,6 +78,8 @@ class Event(enum.StrEnum):
     ACCOUNT_REFRESH_FAILED = "account.refresh_failed"
     ACCOUNT_REAUTH_REQUIRED = "account.reauth_required"
     ACCOUNT_BINDING_CHANGED = "account.binding_changed"
+    ROUTING_DISCOVERED = "routing.discovered"
+    ROUTING_DISCOVERY_FAILED = "routing.discovery_failed"
     # transport
     RPC_COMPLETED = "rpc.completed"
     RPC_INTERNAL_ERROR = "rpc.internal_error"

@@ -43,7 +43,7 @@ import structlog
 
 from broker.adapters.body_limit import BodyTooLargeError, read_limited
 from broker.core.credentials.spec import Profile
-from broker.core.protocol import urls
+from broker.core.protocol import routing, urls
 from broker.errors import ControlPlaneError, ControlPlaneUnavailable, NoBearerToken
 from broker.events import Event
 from broker.logs import REDACTED, redact_secrets
@@ -112,6 +112,8 @@ class ControlPlaneTimeouts:
     """Deadline of one task-registration exchange on the ChatGPT backend (G1)."""
     register_task_authapi: float = 30.0
     """Deadline of one task-registration exchange at the AuthAPI (G4)."""
+    accounts_check: float = 5.0
+    """Deadline of one workspace-route discovery exchange (§16)."""
 
     def __post_init__(self) -> None:
         for item in fields(self):
@@ -330,6 +332,10 @@ class ControlPlaneClient:
             self._root = urls.normalize_chatgpt_base_url(base_url)
         urls.host_of(self._root)
         self._biscuit_url = urls.authenticate_app_url(self._root)
+        # Route discovery is a ChatGPT-backend call in both profiles (§16).
+        self._accounts_check_url = (
+            urls.normalize_chatgpt_base_url(base_url) + routing.ACCOUNTS_CHECK_PATH
+        )
         self._identity_url = urls.register_identity_url(self._root, normalise=False)
 
     @property
@@ -426,6 +432,51 @@ class ControlPlaneClient:
             deadline=self._timeouts.register_task(self._profile),
             extra_headers={},
         )
+
+    async def accounts_check(self, *, bearer: Secret, account_id: str) -> Mapping[str, object]:
+        """``GET {chatgpt base}/wham/accounts/check`` with the account's Bearer (§16).
+
+        Args:
+            bearer: the account's access token.
+            account_id: the selected account, sent as ``ChatGPT-Account-ID``.
+
+        Returns:
+            The decoded answer (read by :func:`broker.core.protocol.routing.parse_accounts_check`).
+
+        Raises:
+            NoBearerToken: ``bearer`` is empty.
+            ControlPlaneUnavailable: 429, 5xx or transport failures outlasted the retry policy.
+            ControlPlaneError: any other failure (a 401 carries ``status`` 401), an account id that
+                is not a header value, or a response that is not a JSON object.
+        """
+        operation = "accounts_check"
+        if not _HEADER_TOKEN.fullmatch(account_id):
+            raise ControlPlaneError(
+                f"{operation}: the account id is not a header value", operation=operation
+            )
+        redactor = _Redactor(bearer)
+        headers = {
+            **self._headers,
+            "Authorization": _bearer_header(bearer, operation),
+            "ChatGPT-Account-ID": account_id,
+        }
+        if self._fedramp:
+            headers["X-OpenAI-Fedramp"] = "true"
+
+        async def attempt(number: int) -> dict[str, object]:
+            reply = await self._exchange(
+                operation,
+                "GET",
+                self._accounts_check_url,
+                headers,
+                None,
+                number,
+                self._timeouts.accounts_check,
+                redactor,
+            )
+            return _json_object(operation, reply, redactor)
+
+        return await self._with_retries(operation, attempt)
 
     # -- one call: attempts under the retry policy ---------------------------------------------
 

@@ -13,6 +13,7 @@ for the core's unit tests, which run in milliseconds.
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -33,11 +34,17 @@ class InMemoryControlPlane:
     Attributes:
         identity_registrations: successful ``register_identity`` calls.
         task_registrations: successful ``register_task`` calls.
+        discoveries: successful ``accounts_check`` calls.
         calls: every call, successful or not, by operation name.
     """
 
     identity_registrations: int = 0
     task_registrations: int = 0
+    discoveries: int = 0
+    routes: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """(origin, override) the route discovery answers per account (default ``NO_CONSTRAINT``)."""
+    discovery_gate: asyncio.Event | None = None
+    """When set, a discovery waits for it (a slow backend, so that callers overlap)."""
     calls: dict[str, int] = field(default_factory=dict)
     _keys: dict[str, bytes] = field(default_factory=dict)
     _tasks: dict[str, str] = field(default_factory=dict)
@@ -90,6 +97,24 @@ class InMemoryControlPlane:
         self._tasks[task_id] = agent_runtime_id
         self.task_registrations += 1
         return {"task_id": task_id}
+
+    async def accounts_check(self, *, bearer: Secret, account_id: str) -> Mapping[str, object]:
+        """The account's route: :attr:`routes` (origin, override) or ``NO_CONSTRAINT``."""
+        self._enter("accounts_check", bearer)
+        if self.discovery_gate is not None:
+            await self.discovery_gate.wait()
+        if not bearer.reveal():
+            raise ControlPlaneError(
+                "accounts_check: no Bearer", operation="accounts_check", status=401
+            )
+        origin, override = self.routes.get(account_id, ("NO_CONSTRAINT", "NO_CONSTRAINT"))
+        self.discoveries += 1
+        entry = {
+            "id": account_id,
+            "workspace_backend_origin": origin,
+            "account_routing_override": override,
+        }
+        return {"accounts": [entry], "account_ordering": [account_id]}
 
     def _enter(self, operation: str, bearer: Secret) -> None:
         self.calls[operation] = self.calls.get(operation, 0) + 1

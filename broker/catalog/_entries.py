@@ -566,6 +566,46 @@ _SPECS: Final = (
         ),
     ),
     EventSpec(
+        Event.ROUTING_DISCOVERED,
+        Level.INFO,
+        "The account's workspace route was discovered (once for the fleet; again when the account "
+        "or its token changes, or after an hour).",
+        (
+            IDENTITY,
+            ACCOUNT_ID,
+            FieldSpec(
+                "backend_origin", STR, "the origin the account's calls go to (scheme://host[:port])"
+            ),
+            FieldSpec(
+                "routing_override",
+                STR,
+                "NO_CONSTRAINT, us or us_cr (sent as x-openai-account-routing-override)",
+            ),
+            replace(DURATION_MS, description="milliseconds the discovery took"),
+        ),
+    ),
+    EventSpec(
+        Event.ROUTING_DISCOVERY_FAILED,
+        Level.WARNING,
+        "The account's workspace route could not be discovered: calls that need it fail closed "
+        "(UNAVAILABLE or FAILED_PRECONDITION) until a discovery succeeds.",
+        (
+            IDENTITY,
+            ACCOUNT_ID,
+            replace(
+                REASON,
+                description="WORKSPACE_ROUTING_UNAVAILABLE, WORKSPACE_ROUTING_INVALID or "
+                "WORKSPACE_ROUTING_UNAUTHORIZED",
+            ),
+            DETAIL,
+            FieldSpec(
+                "retry_after_seconds",
+                NUM,
+                "this replica answers the same error without asking again for this long",
+            ),
+        ),
+    ),
+    EventSpec(
         Event.ACCOUNT_BINDING_CHANGED,
         Level.WARNING,
         "A refreshed login belongs to another account or user than before.",

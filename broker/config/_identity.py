@@ -23,7 +23,7 @@ from broker.config._table import (
     row,
     rows_of,
 )
-from broker.core.credentials.spec import IDENTITY_NAME, Profile, Source
+from broker.core.credentials.spec import IDENTITY_NAME, Profile, Source, WorkspaceRouting
 from broker.core.protocol.agent_jwt import DEFAULT_AUDIENCE, DEFAULT_ISSUER
 from broker.errors import ConfigError
 
@@ -252,6 +252,17 @@ class IdentitySettings:
             parse=p.seconds,
             core=True,
             doc="`authapi`: seconds every replica stays on Bearer after a retryable bootstrap failure",
+        ),
+    )
+    workspace_routing: WorkspaceRouting = field(
+        default=WorkspaceRouting.AUTO,
+        metadata=row(
+            env="BROKER_WORKSPACE_ROUTING",
+            parse=p.one_of(WorkspaceRouting),
+            core=True,
+            doc="discover the account's workspace route and hand it out (`backend_origin` and "
+            "`x-openai-account-routing-override`): `auto` (a login on a ChatGPT host), `on` (any "
+            "login) or `off`",
         ),
     )
     source: SourceSettings = field(

@@ -3,6 +3,7 @@ package credentialbroker
 import (
 	"fmt"
 	"net/http"
+	"net/url"
 	"strings"
 	"time"
 
@@ -33,8 +34,38 @@ type Authorization struct {
 	// FallbackReason says why a Bearer was returned: "none" for an assertion, else "disabled",
 	// "unsupported_host", "task_registration_unavailable", "identity_unavailable", "requested", ...
 	FallbackReason string
-	// Headers are the companion headers to send with it (ChatGPT-Account-ID, X-OpenAI-Fedramp).
+	// Headers are the companion headers to send with it (ChatGPT-Account-ID, X-OpenAI-Fedramp, and
+	// x-openai-account-routing-override where a workspace route requires it).
 	Headers map[string]string
+	// BackendOrigin is the origin ("scheme://host[:port]", no path) the identity's account must be
+	// called at when the broker discovered a workspace route for it, or empty when no route applies
+	// (use the configured base URL). A routed request must not follow redirects; see RouteURL.
+	BackendOrigin string
+}
+
+// RouteURL returns a copy of u sent where this header must go: its scheme and host (with the port)
+// replaced by BackendOrigin's, its user-info dropped, its path, query and fragment kept. Without a
+// BackendOrigin it is an unchanged copy. u itself is never modified.
+//
+// A BackendOrigin that is not a "scheme://host[:port]" origin leaves the copy's scheme and host
+// empty, so a request sent to it fails instead of going anywhere else.
+func (a Authorization) RouteURL(u *url.URL) *url.URL {
+	routed := *u
+	if u.User != nil {
+		user := *u.User
+		routed.User = &user
+	}
+	if a.BackendOrigin == "" {
+		return &routed
+	}
+	routed.User = nil
+	routed.Scheme, routed.Host = "", ""
+	origin, err := url.Parse(a.BackendOrigin)
+	if err == nil && origin.Scheme != "" && origin.Host != "" && origin.User == nil &&
+		(origin.Path == "" || origin.Path == "/") && origin.RawQuery == "" && origin.Fragment == "" {
+		routed.Scheme, routed.Host = origin.Scheme, origin.Host
+	}
+	return &routed
 }
 
 // Apply sets the Authorization header and its companions on req (replacing earlier values).
@@ -48,9 +79,9 @@ func (a *Authorization) Apply(req *http.Request) {
 // String describes the header without its secret value.
 func (a *Authorization) String() string {
 	return fmt.Sprintf(
-		"Authorization{scheme=%s identity=%s task=%s kind=%s thread=%q expires=%s fallback=%s}",
+		"Authorization{scheme=%s identity=%s task=%s kind=%s thread=%q expires=%s fallback=%s origin=%q}",
 		a.Scheme, a.Identity, a.TaskID, a.TaskKind, a.ThreadID,
-		a.ExpiresAt.Format(time.RFC3339), a.FallbackReason,
+		a.ExpiresAt.Format(time.RFC3339), a.FallbackReason, a.BackendOrigin,
 	)
 }
 
@@ -95,6 +126,7 @@ func fromMessage(message *pb.Authorization) *Authorization {
 		ThreadID:       message.GetThreadId(),
 		FallbackReason: fallbackReason(message.GetFallbackReason()),
 		Headers:        make(map[string]string, len(message.GetHeaders())),
+		BackendOrigin:  message.GetBackendOrigin(),
 	}
 	if message.IssuedAt != nil {
 		auth.IssuedAt = message.IssuedAt.AsTime()

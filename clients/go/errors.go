@@ -37,6 +37,19 @@ func (e *Error) Retryable() bool {
 	}
 }
 
+// RoutedRedirectError is returned by a Transport when a routed request (one sent to an
+// Authorization's BackendOrigin) is answered with a redirect: routed requests never follow them.
+// An http.Client wraps it in a *url.Error; errors.As finds it.
+type RoutedRedirectError struct {
+	// StatusCode is the control plane's 3xx status.
+	StatusCode int
+}
+
+func (e *RoutedRedirectError) Error() string {
+	return fmt.Sprintf("credential broker: a routed request was answered with HTTP %d and a Location; "+
+		"routed requests never follow redirects", e.StatusCode)
+}
+
 // errorInfoReason decodes field 1 (reason) of a google.rpc.ErrorInfo by hand: one string field does
 // not justify depending on the googleapis packages.
 func errorInfoReason(value []byte) string {

@@ -5,8 +5,10 @@ It serves the ChatGPT-backend endpoints (G1, under ``/backend-api``), the AuthAP
 refresh-token rotation and reuse detection) and a protected resource over HTTP, and really checks
 what it receives: Ed25519 signatures, biscuit binding and single use, timestamps within a skew
 window, task ownership and revocation, ``ChatGPT-Account-ID`` and the FedRAMP header (protocol §12,
-§15). Test controls (faults, revocation, counters, Agent Identity JWTs, JWKS rotation, logins) exist
-both as Python methods and as ``/_emulator/`` HTTP endpoints.
+§15), and workspace routes (discovery at ``/backend-api/wham/accounts/check``, a regional origin,
+the routing header, §16). Test controls (faults, revocation, counters, Agent Identity JWTs, JWKS
+rotation, logins, workspace routes) exist both as Python methods and as ``/_emulator/`` HTTP
+endpoints.
 
 Run it alone with ``credential-broker-emulator`` or ``python -m cb_emulator`` (see
 :mod:`cb_emulator.cli`); ``credential-broker dev`` runs it beside a broker.
@@ -28,6 +30,12 @@ from cb_emulator.model import (
     OAuthStats,
 )
 from cb_emulator.oauth import DEFAULT_CLIENT_ID as DEFAULT_OAUTH_CLIENT_ID
+from cb_emulator.routing import (
+    NO_CONSTRAINT,
+    ROUTING_HEADER,
+    WorkspaceRoute,
+    accounts_check_body,
+)
 from cb_emulator.server import Emulator
 
 __all__ = [
@@ -38,6 +46,8 @@ __all__ = [
     "DEV_ACCOUNT",
     "DEV_TOKEN",
     "ENDPOINTS",
+    "NO_CONSTRAINT",
+    "ROUTING_HEADER",
     "Emulator",
     "EmulatorAccount",
     "EmulatorIdentity",
@@ -47,4 +57,6 @@ __all__ = [
     "Fault",
     "JwtSpec",
     "OAuthStats",
+    "WorkspaceRoute",
+    "accounts_check_body",
 ]

@@ -62,7 +62,8 @@ async def run_emulator(
     ) as emulator:
         url = await emulator.start(host, port)
         print(  # noqa: T201  (the address, for the person who started it)
-            f"control-plane emulator at {url} (test controls under /_emulator/)",
+            f"control-plane emulator at {url} (regional origin {emulator.regional_origin}; "
+            "test controls under /_emulator/)",
             file=sys.stderr,
             flush=True,
         )

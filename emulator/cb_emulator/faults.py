@@ -3,7 +3,7 @@
 A :class:`Fault` applies to the next ``count`` requests of one endpoint (or of every endpoint, ``"*"``).
 Its effects combine in this order: wait ``delay_seconds``; then drop or reset the connection without a
 response; else answer ``status`` (default 200 when only ``body`` is set) with ``body`` (default a JSON
-error); else, after a delay alone, let the request through to the real handler. Faults are consumed
+error, and a ``Location`` header when ``location`` is set: a redirect); else, after a delay alone, let the request through to the real handler. Faults are consumed
 first in, first out.
 
 With ``after_handler`` the real handler runs *first* and its effects stay (a refresh token consumed, a
@@ -28,9 +28,11 @@ ENDPOINTS: Final = (
     "authapi_register_task",
     "jwks",
     "oauth_token",
+    "accounts_check",
 )
 """Fault and stats names of the protocol endpoints: the ChatGPT backend's (§4.1, §5, §12.3), the
-AuthAPI's (§4.3, §5.1), the JWKS (§10.3) and the OAuth token endpoint (``POST /oauth/token``)."""
+AuthAPI's (§4.3, §5.1), the JWKS (§10.3), the OAuth token endpoint (``POST /oauth/token``) and
+workspace-route discovery (``GET /backend-api/wham/accounts/check``, §16)."""
 ANY_ENDPOINT: Final = "*"
 MAX_DELAY_SECONDS: Final = 300.0
 _FIELDS: Final = frozenset(
@@ -44,6 +46,7 @@ _FIELDS: Final = frozenset(
         "body",
         "content_type",
         "after_handler",
+        "location",
     }
 )
 
@@ -55,7 +58,7 @@ class Fault:
     Attributes:
         endpoint: one of :data:`ENDPOINTS` (``authenticate``, ``register_identity``,
             ``register_task``, ``protected``, ``authapi_register_identity``,
-            ``authapi_register_task``, ``jwks``, ``oauth_token``) or ``*``.
+            ``authapi_register_task``, ``jwks``, ``oauth_token``, ``accounts_check``) or ``*``.
         status: the HTTP status to answer with, or ``None``.
         count: how many matching requests it applies to.
         delay_seconds: wait this long before answering (or before passing the request on).
@@ -65,6 +68,7 @@ class Fault:
         content_type: the ``Content-Type`` of ``body``.
         after_handler: run the real handler first (its effects stay), then apply the delay, drop,
             reset or replacement answer to its response.
+        location: a ``Location`` header for the answer (with ``status``, e.g. 307: a redirect).
 
     Raises:
         ValueError: a field is out of range, or the fault would do nothing.
@@ -79,6 +83,7 @@ class Fault:
     body: str | None = None
     content_type: str = "application/json"
     after_handler: bool = False
+    location: str | None = None
 
     def __post_init__(self) -> None:
         if self.endpoint not in (*ENDPOINTS, ANY_ENDPOINT):
@@ -97,6 +102,10 @@ class Fault:
             raise ValueError("a dropped connection cannot also carry a status or a body")
         if not self.content_type.isprintable() or not self.content_type:
             raise ValueError("content_type: must be a non-empty printable string")
+        if self.location is not None and (
+            self.status is None or not self.location or not self.location.isprintable()
+        ):
+            raise ValueError("location: must be a non-empty printable string, with a status")
         if not (self.responds or self.delay_seconds or self.drops):
             raise ValueError("the fault does nothing: set status, body, delay or a drop")
 
@@ -142,6 +151,7 @@ class Fault:
             body=_optional_str(data, "body"),
             content_type=_optional_str(data, "content_type") or "application/json",
             after_handler=_bool(data, "after_handler"),
+            location=_optional_str(data, "location"),
         )
 
 

@@ -69,6 +69,23 @@ def _drop(request: web.Request, *, reset: bool) -> None:
     transport.abort()
 
 
+def _fault_response(fault: Fault) -> web.Response:
+    """The answer of a responding fault: its body (or the JSON error) and its ``Location``."""
+    if fault.body is None:
+        response = error_response(
+            fault.response_status, "injected_fault", "fault injected by a test"
+        )
+    else:
+        response = web.Response(
+            status=fault.response_status,
+            body=fault.body.encode("utf-8"),
+            headers={"Content-Type": fault.content_type},
+        )
+    if fault.location is not None:
+        response.headers["Location"] = fault.location
+    return response
+
+
 class Middleware:
     """Counting, faults, JSON errors and the per-request log line.
 
@@ -119,16 +136,7 @@ class Middleware:
             _drop(request, reset=fault.reset_connection)
             return web.Response(status=499)
         if fault.responds:
-            body = fault.body
-            if body is None:
-                return error_response(
-                    fault.response_status, "injected_fault", "fault injected by a test"
-                )
-            return web.Response(
-                status=fault.response_status,
-                body=body.encode("utf-8"),
-                headers={"Content-Type": fault.content_type},
-            )
+            return _fault_response(fault)
         return handled if handled is not None else await self._answer(request, handler)
 
     async def _pause(self, seconds: float) -> None:

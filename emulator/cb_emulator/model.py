@@ -264,7 +264,8 @@ class EmulatorStats:
         verifications_ok: ``/protected`` requests accepted.
         verifications_failed: ``/protected`` requests refused.
         faults_applied: requests answered by an injected fault.
-        requests_by_endpoint: every request that reached a protocol endpoint, faulted or not.
+        requests_by_endpoint: every request that reached a protocol endpoint, faulted or not
+            (``accounts_check``: workspace-route discoveries).
         task_registrations_with_credential: AuthAPI task registrations that reached the handler
             carrying ``Authorization`` or ``X-OpenAI-Authorization`` (G4 sends none, §5.1).
         jwts_minted: Agent Identity JWTs minted by the test control (§10.4).
@@ -309,11 +310,14 @@ class EmulatorStats:
         The OAuth members (the :class:`OAuthStats` counters at the top level and
         ``requests_by_endpoint.oauth_token``) appear only when :attr:`oauth_in_use`, so the JSON of
         an emulator that never saw a login is what it was before the token endpoint existed.
+        Likewise ``requests_by_endpoint.accounts_check`` appears only once a discovery arrived.
         """
         requests = dict(self.requests_by_endpoint)
         oauth: dict[str, int] = self.oauth.to_json() if self.oauth_in_use else {}
         if not self.oauth_in_use:
             requests.pop("oauth_token", None)
+        if not requests.get("accounts_check"):
+            requests.pop("accounts_check", None)
         return {
             "biscuits_minted": self.biscuits_minted,
             "identity_registrations": self.identity_registrations,

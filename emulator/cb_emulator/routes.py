@@ -16,9 +16,11 @@ from yarl import URL
 
 from cb_emulator.faults import Fault
 from cb_emulator.model import Rejection
+from cb_emulator.routing import ROUTING_HEADER, Arrival
 from cb_emulator.state import EmulatorState
 
 PREFIX: Final = "/backend-api"
+ACCOUNTS_CHECK_PATH: Final = f"{PREFIX}/wham/accounts/check"
 ORIGINAL_METHODS: Final = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
 
 
@@ -86,6 +88,9 @@ class ProtocolRoutes:
         protected = router.add_resource(f"{PREFIX}/protected", name="protected")
         protected.add_route("GET", self.protected)
         protected.add_route("POST", self.protected)
+        router.add_resource(ACCOUNTS_CHECK_PATH, name="accounts_check").add_route(
+            "GET", self.accounts_check
+        )
 
     async def authenticate(self, request: web.Request) -> web.Response:
         """``GET authenticate_app_v2``: Bearer in, single-use biscuit out (§4.1 step 1)."""
@@ -130,12 +135,15 @@ class ProtocolRoutes:
         """A protected resource: accepts a valid AgentAssertion or a known Bearer (§6, §12.3).
 
         ``ChatGPT-Account-ID``, when sent, must name the credential's account; an assertion of an
-        identity bound to a FedRAMP account also needs ``X-OpenAI-Fedramp: true`` (§6.2).
+        identity bound to a FedRAMP account also needs ``X-OpenAI-Fedramp: true`` (§6.2). When the
+        account has a workspace route, the call must arrive at the route's origin with its routing
+        header (§16, :mod:`cb_emulator.routing`).
         """
         verified = self._state.verify(
             request.headers.get("Authorization"),
             request.headers.get("ChatGPT-Account-ID"),
             fedramp_header=fedramp_header(request),
+            arrival=Arrival(_local_port(request), request.headers.get(ROUTING_HEADER)),
         )
         payload: dict[str, object] = {
             "scheme": verified.scheme,
@@ -145,6 +153,15 @@ class ProtocolRoutes:
             payload["agent_runtime_id"] = verified.agent_runtime_id
             payload["task_id"] = verified.task_id
         return _ok(payload)
+
+    async def accounts_check(self, request: web.Request) -> web.Response:
+        """``GET wham/accounts/check``: the Bearer's account's workspace route (§16)."""
+        answer = self._state.accounts_check(
+            request.headers.get("Authorization"),
+            request.headers.get("ChatGPT-Account-ID"),
+            fedramp_header=fedramp_header(request),
+        )
+        return web.json_response(answer)
 
 
 class ControlRoutes:
@@ -221,6 +238,15 @@ class ControlRoutes:
                 for i in self._state.identities()
             ]
         )
+
+
+def _local_port(request: web.Request) -> int | None:
+    """The local port the request's connection arrived on (which listener took it), if known."""
+    transport = request.transport
+    sockname = transport.get_extra_info("sockname") if transport is not None else None
+    if isinstance(sockname, tuple) and len(sockname) >= 2 and isinstance(sockname[1], int):
+        return sockname[1]
+    return None
 
 
 def _request_url(request: web.Request) -> str:

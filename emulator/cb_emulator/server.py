@@ -2,8 +2,10 @@
 
 The application serves the ChatGPT-backend endpoints (:mod:`cb_emulator.routes`), the AuthAPI and
 the JWKS (:mod:`cb_emulator.authapi`), the OAuth token endpoint (:mod:`cb_emulator.oauth`) and
-the ``/_emulator/`` test controls; one middleware (:mod:`cb_emulator.middleware`) counts, injects
-faults, renders refusals as JSON and logs one ``emulator.request`` event per request. Headers, tokens, biscuits, assertions and JWTs are never logged.
+the ``/_emulator/`` test controls, on two listeners: the main origin and a regional origin that
+workspace routes send accounts to (:mod:`cb_emulator.routing`). One middleware
+(:mod:`cb_emulator.middleware`) counts, injects faults, renders refusals as JSON and logs one
+``emulator.request`` event per request. Headers, tokens, biscuits, assertions and JWTs are never logged.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ from cb_emulator.oauth import DEFAULT_CLIENT_ID
 from cb_emulator.oauth_controls import OAuthControls
 from cb_emulator.oauth_routes import OAuthRoutes
 from cb_emulator.routes import PREFIX, ControlRoutes, ProtocolRoutes
+from cb_emulator.routing_controls import RoutingControls
+from cb_emulator.routing_routes import RoutingControlRoutes
 from cb_emulator.state import EmulatorState
 
 _SHUTDOWN_GRACE_SECONDS: Final = 1.0
@@ -47,7 +51,7 @@ _SHUTDOWN_GRACE_SECONDS: Final = 1.0
 _log = structlog.get_logger()
 
 
-class Emulator(OAuthControls):
+class Emulator(OAuthControls, RoutingControls):
     """A faithful, checking emulator of the agent-identity control plane (protocol §12, §15).
 
     It speaks both shapes: the ChatGPT backend under ``/backend-api`` (G1: biscuits, §4.1) and the
@@ -55,7 +59,9 @@ class Emulator(OAuthControls):
     it publishes a JWKS and mints Agent Identity JWTs for tests (§10). It is also the OAuth provider
     of ChatGPT logins: :meth:`create_login` makes an ``auth.json`` whose access token is a Bearer
     here and whose refresh token rotates at ``POST {issuer_url}/oauth/token`` (see
-    :mod:`cb_emulator.oauth`).
+    :mod:`cb_emulator.oauth`). It answers workspace-route discovery and enforces the routes a test
+    gives accounts with :meth:`set_route`, on a second listener, :attr:`regional_origin` (see
+    :mod:`cb_emulator.routing`).
 
     Call :meth:`start` and :meth:`stop`, or scope it with ``async with``, which stops it on exit::
 
@@ -115,10 +121,14 @@ class Emulator(OAuthControls):
         ControlRoutes(self._state).install(app)
         AuthApiRoutes(self._state, self._keys).install(app)
         OAuthRoutes(self._state.logins).install(app)
+        RoutingControlRoutes(self._state.routes).install(app)
         return app
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+    async def start(self, host: str = "127.0.0.1", port: int = 0, *, regional_port: int = 0) -> str:
         """Listen on ``host:port`` (0 picks a free port) and return the base URL.
+
+        The same application also listens on ``host:regional_port`` (0 picks a free port), the
+        :attr:`regional_origin` that workspace routes send accounts to; both stop together.
 
         Returns:
             ``http://<host>:<port>/backend-api``, the ChatGPT base URL clients are configured with.
@@ -139,13 +149,17 @@ class Emulator(OAuthControls):
         await runner.setup()
         try:
             await web.TCPSite(runner, host, port).start()
+            main_sockets = len(runner.addresses)
+            await web.TCPSite(runner, host, regional_port).start()
         except BaseException:
             await runner.cleanup()
             raise
         bound_port = int(runner.addresses[0][1])
+        regional_bound = int(runner.addresses[main_sockets][1])
         url_host = f"[{host}]" if ":" in host else host
         self._runner = runner
         self._root_url = f"http://{url_host}:{bound_port}"
+        self._state.routes.bind(self._root_url, f"http://{url_host}:{regional_bound}")
         _log.info(Event.EMULATOR_STARTED, url=self.base_url)
         return self.base_url
 
@@ -155,6 +169,7 @@ class Emulator(OAuthControls):
         if runner is None:
             return
         self._stopping.set()
+        self._state.routes.unbind()
         await runner.cleanup()
 
     async def __aenter__(self) -> Emulator:
@@ -226,13 +241,15 @@ class Emulator(OAuthControls):
         body: str | None = None,
         content_type: str = "application/json",
         after_handler: bool = False,
+        location: str | None = None,
     ) -> None:
         """Make the next ``count`` requests of ``endpoint`` misbehave (see :class:`Fault`).
 
         Args:
             endpoint: ``authenticate``, ``register_identity``, ``register_task``, ``protected``
                 (ChatGPT backend), ``authapi_register_identity``, ``authapi_register_task``
-                (AuthAPI), ``jwks``, ``oauth_token``, or ``*`` for any of them.
+                (AuthAPI), ``jwks``, ``oauth_token``, ``accounts_check`` (workspace-route
+                discovery), or ``*`` for any of them.
             status: answer with this status (default 200 when only ``body`` is set).
             count: how many matching requests the fault applies to.
             delay_seconds: wait before answering, or before passing the request on.
@@ -242,6 +259,7 @@ class Emulator(OAuthControls):
             content_type: the ``Content-Type`` of ``body``.
             after_handler: let the real handler run first (its effects stay), then delay, drop
                 or replace its answer (see also :meth:`fail_after_consuming`).
+            location: a ``Location`` header for the answer; with ``status=307`` a redirect.
 
         Raises:
             ValueError: the fault is malformed or would do nothing.
@@ -257,6 +275,7 @@ class Emulator(OAuthControls):
                 body=body,
                 content_type=content_type,
                 after_handler=after_handler,
+                location=location,
             )
         )
 
@@ -270,7 +289,10 @@ class Emulator(OAuthControls):
             raise KeyError(task_id)
 
     def reset(self, *, state: bool = False) -> None:
-        """Clear faults and counters; with ``state`` also identities, tasks, biscuits and logins."""
+        """Clear faults, counters and queued discovery answers; with ``state`` also the state.
+
+        ``state`` also forgets identities, tasks, biscuits, logins and workspace routes.
+        """
         self._state.reset(state=state)
 
     def tasks(self) -> list[EmulatorTask]:

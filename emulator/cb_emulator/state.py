@@ -4,7 +4,7 @@ Theory of operation: the HTTP layer (:mod:`cb_emulator.routes`, :mod:`cb_emulato
 turns each request into one call here with plain values (header strings, the decoded JSON body, the
 canonical request URL) and turns the result, or a :class:`Rejection`, into a response. The rules the
 emulator enforces live in this module: which credentials authorise which call, biscuit binding and
-single use, signature and skew checks, task ownership and revocation, the FedRAMP header. The AuthAPI's
+single use, signature and skew checks, task ownership and revocation, the FedRAMP header, workspace routes (:mod:`cb_emulator.routing`). The AuthAPI's
 own body rules (§4.3) are in :mod:`cb_emulator.authapi` and Agent Identity JWTs in
 :mod:`cb_emulator.jwt`; both act through the public methods here. All state is in memory and is only touched from the event loop with no
 ``await`` between reading and writing it, so each call is atomic.
@@ -43,6 +43,7 @@ from cb_emulator.model import (
     Verified,
 )
 from cb_emulator.oauth import LoginBook
+from cb_emulator.routing import Arrival, RouteBook
 
 COUNTERS: Final = (
     "biscuits_minted",
@@ -108,6 +109,7 @@ class EmulatorState:
         self._counters = _Counters()
         self.faults = FaultQueue()
         self.logins = LoginBook(clock)
+        self.routes = RouteBook()
 
     def now(self) -> datetime:
         """The emulator clock's current time."""
@@ -253,6 +255,35 @@ class EmulatorState:
             return {"task_id": task_id}
         return {"encrypted_task_id": seal_task_id(identity.public_key, task_id)}
 
+    # -- workspace routing ---------------------------------------------------------------------
+
+    def accounts_check(
+        self, authorization: str | None, account_header: str | None, *, fedramp_header: bool
+    ) -> object:
+        """The workspace-route discovery answer for the Bearer's account (§16).
+
+        Args:
+            authorization: the ``Authorization`` header (a Bearer).
+            account_header: the ``ChatGPT-Account-ID`` header.
+            fedramp_header: whether ``X-OpenAI-Fedramp: true`` was sent.
+
+        Raises:
+            Rejection: 401 for a missing or unknown Bearer; 400 ``missing_account_header``, or
+                ``fedramp_header_missing`` for a FedRAMP account; 403 ``account_mismatch``.
+        """
+        account = self.account_for_bearer(authorization)
+        if account_header is None or not account_header.strip():
+            raise Rejection(400, "missing_account_header", "ChatGPT-Account-ID is required")
+        if account_header.strip() != account.account_id:
+            raise Rejection(403, "account_mismatch", "ChatGPT-Account-ID names another account")
+        if account.fedramp and not fedramp_header:
+            raise Rejection(
+                400,
+                "fedramp_header_missing",
+                "the account is a FedRAMP account: X-OpenAI-Fedramp: true is required",
+            )
+        return self.routes.answer(account.account_id)
+
     # -- verification --------------------------------------------------------------------------
 
     def verify(
@@ -261,6 +292,7 @@ class EmulatorState:
         account_header: str | None,
         *,
         fedramp_header: bool = False,
+        arrival: Arrival | None = None,
     ) -> Verified:
         """Check the ``Authorization`` of a call to a protected endpoint (§6, §12.3).
 
@@ -268,12 +300,17 @@ class EmulatorState:
             authorization: the ``Authorization`` header.
             account_header: the ``ChatGPT-Account-ID`` header, if sent.
             fedramp_header: whether ``X-OpenAI-Fedramp: true`` was sent (§6.2).
+            arrival: where the call arrived and its routing header; when given, the route of the
+                credential's account, if it has one, is enforced (§16).
 
         Raises:
-            Rejection: 401 with the reason the credential was refused.
+            Rejection: 401 with the reason the credential was refused; 421 or 403 when the call
+                breaks its account's route.
         """
         try:
             verified = self._verify(authorization, account_header, fedramp_header)
+            if arrival is not None:
+                self.routes.check(verified.account.account_id, arrival)
         except Rejection:
             self._counters.values["verifications_failed"] += 1
             raise
@@ -389,10 +426,14 @@ class EmulatorState:
         return [identity.view for identity in self._identities.values()]
 
     def reset(self, *, state: bool = False) -> None:
-        """Clear faults and counters; with ``state`` also identities, tasks, biscuits and logins."""
+        """Clear faults, counters and queued discovery answers; with ``state`` also the state.
+
+        ``state`` also forgets identities, tasks, biscuits, logins and workspace routes.
+        """
         self.faults.clear()
         self._counters = _Counters()
         self.logins.reset(state=state)
+        self.routes.reset(state=state)
         if state:
             self._identities.clear()
             self._tasks.clear()

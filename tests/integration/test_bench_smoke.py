@@ -53,7 +53,7 @@ def fixture_bench_json(h2load: str) -> dict[str, Any]:
     return result
 
 
-@pytest.mark.parametrize("ceiling", ["bare", "stack_echo"])
+@pytest.mark.parametrize("ceiling", ["bare", "bare_caller", "stack_echo", "stack_echo_caller"])
 def test_ceilings_measured(bench_json: dict[str, Any], ceiling: str) -> None:
     """The bare grpc.aio server and the broker's stack echo are measured in the same run."""
     figure = bench_json["ceilings"][ceiling]
@@ -72,6 +72,20 @@ def test_brokers_measured_against_both(bench_json: dict[str, Any], broker: str) 
         assert ratio["p99"] > 0
         assert len(ratio["rounds"]) == 1
     assert figure["caller"] is (broker == "broker_caller")
+
+
+@pytest.mark.parametrize("broker", BROKERS)
+def test_each_broker_is_bounded_by_a_ceiling_serving_the_same_requests(
+    bench_json: dict[str, Any], broker: str
+) -> None:
+    """The token caller's requests carry a header the grpc stack itself parses: its ceilings are
+    the runs that sent the same header; the other brokers' are the runs without it."""
+    figure = bench_json["brokers"][broker]
+    suffix = "_caller" if broker == "broker_caller" else ""
+    rate = figure["server"]["runs"][0]["load"]["req_per_s"]
+    for ratio, ceiling in (("vs_bare", "bare"), ("vs_stack_echo", "stack_echo")):
+        bound = bench_json["ceilings"][ceiling + suffix]["runs"][0]["load"]["req_per_s"]
+        assert figure[ratio]["rounds"][0] == pytest.approx(rate / bound, rel=1e-3)
 
 
 @pytest.mark.parametrize("broker", BROKERS)

@@ -225,6 +225,21 @@ async def _control_plane_down(start_broker: StartBroker, emulator: Emulator) -> 
     await broker.close()
 
 
+async def _routing(start_broker: StartBroker, emulator: Emulator) -> None:
+    """A workspace route discovered, then a discovery that fails (fail closed)."""
+    broker = await start_broker(env={"BROKER_WORKSPACE_ROUTING": "on"})
+    answer = (await broker.stub.GetAuthorization(pb.GetAuthorizationRequest())).authorization
+    assert answer.backend_origin
+    await broker.close()
+    emulator.inject_fault("accounts_check", status=503, count=10)
+    broker = await start_broker(identity="routed", env={"BROKER_WORKSPACE_ROUTING": "on"})
+    await _expect_error(
+        broker.stub.GetAuthorization(pb.GetAuthorizationRequest()), grpc.StatusCode.UNAVAILABLE
+    )
+    emulator.reset()
+    await broker.close()
+
+
 async def _redis(start_broker: StartBroker, process: RedisServerProcess) -> None:
     """Shared state: load, discard and corrupt values; Redis down and back."""
     url = process.url
@@ -521,6 +536,7 @@ class TestRealBroker:
         scenarios: list[Callable[[], Awaitable[None]]] = [
             lambda: _fallbacks(start_broker, emulator),
             lambda: _control_plane_down(start_broker, emulator),
+            lambda: _routing(start_broker, emulator),
             lambda: _redis(start_broker, redis_process),
             lambda: _opt_ins(start_broker, redis_process.url),
             lambda: _callers_and_admin(start_broker, tmp_path),

@@ -11,7 +11,12 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Final
 
-from broker.core.credentials.model import CachedAssertion, IdentityRecord, TaskRecord
+from broker.core.credentials.model import (
+    CachedAssertion,
+    IdentityRecord,
+    TaskRecord,
+    WorkspaceRouteRecord,
+)
 from broker.core.credentials.ports import Sealer
 from broker.core.protocol.keys import AgentKey
 from broker.errors import KeyFormatError, SealingError, StoreCorrupt, StoreUnavailable, UnknownKek
@@ -242,4 +247,46 @@ def decode_assertion(value: bytes, key: str, task_id: str, sealer: Sealer) -> Ca
         task_id=payload["task_id"],
         issued_at=_timestamp(payload["issued_at"], "issued_at"),
         expires_at=_timestamp(payload["expires_at"], "expires_at"),
+    )
+
+
+# -- workspace routes ----------------------------------------------------------------------------
+
+
+def encode_route(route: WorkspaceRouteRecord) -> bytes:
+    """The STRING value of a workspace route: JSON, unsealed (it holds no secret)."""
+    payload = {
+        "account_id": route.account_id,
+        "token_fingerprint": route.token_fingerprint,
+        "origin": route.origin,
+        "override": route.override,
+        "discovered_at": iso(route.discovered_at, "discovered_at"),
+    }
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def decode_route(value: bytes) -> WorkspaceRouteRecord:
+    """Rebuild a workspace route.
+
+    Raises:
+        StoreCorrupt: not the expected JSON object.
+    """
+    try:
+        payload = json.loads(value)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise StoreCorrupt("route is not a JSON object") from None
+    if not isinstance(payload, dict):
+        raise StoreCorrupt("route is not a JSON object")
+    for name in ("account_id", "token_fingerprint", "origin", "discovered_at"):
+        if not isinstance(payload.get(name), str):
+            raise StoreCorrupt(f"route field {name!r} is missing or not a string")
+    override = payload.get("override")
+    if override is not None and not isinstance(override, str):
+        raise StoreCorrupt("route field 'override' is not a string")
+    return WorkspaceRouteRecord(
+        account_id=payload["account_id"],
+        token_fingerprint=payload["token_fingerprint"],
+        origin=payload["origin"],
+        override=override,
+        discovered_at=_timestamp(payload["discovered_at"], "discovered_at"),
     )

@@ -30,6 +30,7 @@ from broker.core.credentials.model import (
     IdentityRecord,
     Refusal,
     TaskRecord,
+    WorkspaceRouteRecord,
 )
 from broker.core.credentials.ports import Clock
 
@@ -69,6 +70,7 @@ class EmbeddedStore:
         self._locks: Final[dict[str, _Entry[str]]] = {}
         self._cooldowns: Final[dict[str, _Entry[bool]]] = {}
         self._accounts: Final[dict[str, AccountRecord]] = {}
+        self._routes: Final[dict[str, _Entry[WorkspaceRouteRecord]]] = {}
         self._live_threads: Final[dict[str, dict[str, float]]] = {}  # identity -> member -> until
         self._budgets: Final[dict[str, float]] = {}  # budget key -> next arrival (monotonic)
         self._fanout: Final = Fanout()
@@ -196,6 +198,17 @@ class EmbeddedStore:
     async def save_account(self, record: AccountRecord) -> None:
         """Store (overwrite) the login."""
         self._accounts[record.identity] = record
+
+    async def load_route(self, identity: str) -> WorkspaceRouteRecord | None:
+        """The account's workspace route, or ``None``."""
+        return self._get(self._routes, identity)
+
+    async def save_route(
+        self, identity: str, route: WorkspaceRouteRecord, ttl_seconds: float
+    ) -> None:
+        """Store (overwrite) the account's workspace route for ``ttl_seconds``."""
+        iso(route.discovered_at, "discovered_at")
+        self._routes[identity] = _Entry(route, self._deadline(ttl_seconds))
 
     async def start_cooldown(self, identity: str, name: str, ttl_seconds: float) -> None:
         """Set the cooldown marker for ``ttl_seconds``."""

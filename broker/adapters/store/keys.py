@@ -6,6 +6,7 @@ so a rotated identity can never be served a task of its predecessor::
 
     cb:{<identity>}:identity                              HASH
     cb:{<identity>}:account                               HASH
+    cb:{<identity>}:route                                 STRING (PX TTL)
     cb:{<identity>}:<runtime_id>:task:background          HASH
     cb:{<identity>}:<runtime_id>:task:thread:<thread_id>  HASH (TTL)
     cb:{<identity>}:assertion:<task_id>                   STRING (PX TTL)
@@ -53,6 +54,7 @@ __all__ = [
     "identity_pattern",
     "lock_key",
     "parse_key",
+    "route_key",
     "task_key",
     "validate_slot",
 ]
@@ -134,6 +136,11 @@ def account_key(identity: str) -> str:
     return f"{PREFIX}:{{{identity}}}:account"
 
 
+def route_key(identity: str) -> str:
+    """``cb:{<identity>}:route``: the account's workspace route, JSON, no secret (STRING, PX)."""
+    return f"{PREFIX}:{{{identity}}}:route"
+
+
 def cooldown_key(identity: str, name: str) -> str:
     """``cb:{<identity>}:cooldown:<name>``: a fleet-wide back-off marker (STRING with PX TTL)."""
     return f"{PREFIX}:{{{identity}}}:cooldown:{name}"
@@ -174,6 +181,7 @@ class KeyKind(enum.Enum):
 
     IDENTITY = "identity"
     ACCOUNT = "account"
+    ROUTE = "route"
     TASK = "task"
     ASSERTION = "assertion"
     LOCK = "lock"
@@ -213,6 +221,7 @@ class ParsedKey:
 _FIXED: Final = {
     "identity": KeyKind.IDENTITY,
     "account": KeyKind.ACCOUNT,
+    "route": KeyKind.ROUTE,
     "threads": KeyKind.THREADS,
 }
 _NAMED: Final = {"lock": KeyKind.LOCK, "cooldown": KeyKind.COOLDOWN, "budget": KeyKind.BUDGET}

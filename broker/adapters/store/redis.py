@@ -85,6 +85,7 @@ from broker.core.credentials.model import (
     IdentityRecord,
     Refusal,
     TaskRecord,
+    WorkspaceRouteRecord,
 )
 from broker.core.credentials.ports import Sealer
 from broker.errors import StoreCorrupt, StoreUnavailable
@@ -419,6 +420,34 @@ class RedisStore:
             "release_lock", lambda: self._delete_string_if(keys=[key], args=[token])
         )
         return bool(deleted)
+
+    async def load_route(self, identity: str) -> WorkspaceRouteRecord | None:
+        """The account's workspace route, or ``None``."""
+        key = keys.route_key(identity)
+        try:
+            value = await self._call("load_route", lambda: self._client.get(key))
+        except _WrongType:
+            await self._discard(
+                key, "key holds another type than a string", "wrongtype", [b"string"]
+            )
+            return None
+        if value is None:
+            return None
+        raw = _as_bytes(value)
+        try:
+            return _codec.decode_route(raw)
+        except StoreCorrupt as exc:
+            await self._discard(key, exc.message, "string", [raw])
+            return None
+
+    async def save_route(
+        self, identity: str, route: WorkspaceRouteRecord, ttl_seconds: float
+    ) -> None:
+        """``SET PX`` the account's workspace route."""
+        key = keys.route_key(identity)
+        value = _codec.encode_route(route)
+        px = _px(ttl_seconds)
+        await self._call("save_route", lambda: self._client.set(key, value, px=px))
 
     async def start_cooldown(self, identity: str, name: str, ttl_seconds: float) -> None:
         """``SET PX`` the cooldown marker (a later start extends it)."""

@@ -49,6 +49,7 @@ from broker.core.credentials.model import (
     task_slot,
 )
 from broker.core.credentials.ports import Clock, Store
+from broker.core.credentials.routing import WorkspaceRouter, route_headers
 from broker.core.credentials.singleflight import SingleFlight
 from broker.core.credentials.spec import (
     IdentityRuntime,
@@ -136,6 +137,7 @@ class Authorizer:
         tasks: TaskRegistry,
         l1_max_entries: int = 100_000,
         rejection_min_interval: float = 5.0,
+        router: WorkspaceRouter | None = None,
     ) -> None:
         """Args:
         identities: configured identities by name.
@@ -148,6 +150,7 @@ class Authorizer:
         rejection_min_interval: a slot's task is replaced, and the account's Bearer refreshed
             on a report, at most once per this many seconds fleet-wide, so workers reporting
             every header they get cannot make the broker hammer the control plane.
+        router: finds the accounts' workspace routes (default: one over ``store``).
         """
         if default_identity not in identities:
             raise ValueError(f"default identity {default_identity!r} is not configured")
@@ -168,7 +171,9 @@ class Authorizer:
         )
         self.counters = AuthorizerCounters()
         """Cumulative counts for ``broker.stats``: cache levels, schemes and fallback reasons."""
-        self._fallbacks = FallbackPolicy(store, self.counters)
+        self.router = router or WorkspaceRouter(store=store, clock=clock)
+        """The accounts' workspace routes (protocol §16), handed out with every header."""
+        self._fallbacks = FallbackPolicy(store, self.counters, self.router)
 
     # -- lookups -----------------------------------------------------------------------------------
 
@@ -360,6 +365,7 @@ class Authorizer:
         needed: timedelta,
     ) -> Authorization:
         spec = runtime.spec
+        route = await self.router.route(runtime, identity.account_id)
         now = self._clock.now()
         margin = timedelta(seconds=spec.refresh_margin)
         cached = await self._store.load_assertion(spec.name, task.task_id)
@@ -400,8 +406,10 @@ class Authorizer:
             task_kind=task.kind,
             issued_at=cached.issued_at,
             expires_at=cached.expires_at,
-            companion_headers=spec.companion_headers(identity.account_id, identity.fedramp),
+            companion_headers=spec.companion_headers(identity.account_id, identity.fedramp)
+            | route_headers(route),
             thread_id=task.thread_id or "",
+            backend_origin=route.origin if route is not None else "",
         )
         self._remember(spec.name, task.slot, authorization, cached.expires_at - margin)
         return authorization

@@ -92,6 +92,13 @@ class CircuitBreaker:
             ),
         )
 
+    async def accounts_check(self, *, bearer: Secret, account_id: str) -> Mapping[str, object]:
+        """Discover the account's workspace route through the breaker (see ``ControlPlane``)."""
+        return await self._call(
+            "accounts_check",
+            lambda: self._inner.accounts_check(bearer=bearer, account_id=account_id),
+        )
+
     async def _call(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
         state = self.state
         if state is CircuitState.OPEN or (state is CircuitState.HALF_OPEN and self._probing):

@@ -13,6 +13,7 @@ import structlog
 from broker.core.credentials.counters import AuthorizerCounters
 from broker.core.credentials.model import Authorization, FallbackReason, Scheme
 from broker.core.credentials.ports import Store
+from broker.core.credentials.routing import WorkspaceRouter, route_headers
 from broker.core.credentials.spec import IdentityRuntime, Source, binding
 from broker.errors import (
     BootstrapRefused,
@@ -35,13 +36,15 @@ BOOTSTRAP_COOLDOWN = "bootstrap"
 class FallbackPolicy:
     """Turns failures on the way to an assertion into the protocol's answer."""
 
-    def __init__(self, store: Store, counters: AuthorizerCounters) -> None:
+    def __init__(self, store: Store, counters: AuthorizerCounters, router: WorkspaceRouter) -> None:
         """Args:
         store: for the bootstrap cooldown marker.
         counters: the authorizer's counters (Bearer answers by reason).
+        router: the accounts' workspace routes, handed out with every Bearer.
         """
         self._store = store
         self._counters = counters
+        self._router = router
 
     @staticmethod
     def bootstraps(runtime: IdentityRuntime) -> bool:
@@ -164,11 +167,13 @@ class FallbackPolicy:
         if not warned and reason is not FallbackReason.REQUESTED:
             log.debug(Event.FALLBACK_BEARER, identity=spec.name, fallback_reason=reason.value)
         account_id, _ = await binding(runtime)
+        route = await self._router.route(runtime, account_id, token)
         return Authorization(
             header_value=Secret(f"Bearer {token.reveal()}"),
             scheme=Scheme.BEARER,
             identity=spec.name,
             fallback_reason=reason,
-            companion_headers=spec.companion_headers(account_id),
+            companion_headers=spec.companion_headers(account_id) | route_headers(route),
             thread_id=thread_id,
+            backend_origin=route.origin if route is not None else "",
         )

@@ -171,6 +171,28 @@ class Authorization:
     fallback_reason: FallbackReason = FallbackReason.NONE
     companion_headers: dict[str, str] = field(default_factory=dict)
     thread_id: str = ""
+    backend_origin: str = ""
+    """Where the account's calls go when a workspace route applies (``scheme://host[:port]``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkspaceRouteRecord:
+    """An account's discovered workspace route, as the fleet shares it (protocol §16).
+
+    Attributes:
+        account_id: the account it was discovered for.
+        token_fingerprint: the first 32 hex digits of the SHA-256 of the access token it was
+            discovered with (a new token means a new discovery); never the token.
+        origin: ``scheme://host[:port]`` the account's calls go to.
+        override: ``us`` or ``us_cr``; ``None`` for ``NO_CONSTRAINT``.
+        discovered_at: when it was discovered.
+    """
+
+    account_id: str
+    token_fingerprint: str
+    origin: str
+    override: str | None
+    discovered_at: datetime
 
 
 class AccountState(enum.Enum):

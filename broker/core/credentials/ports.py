@@ -18,6 +18,7 @@ from broker.core.credentials.model import (
     IdentityRecord,
     Refusal,
     TaskRecord,
+    WorkspaceRouteRecord,
 )
 from broker.core.protocol.login import LoginTokens
 from broker.secret import Secret
@@ -122,6 +123,16 @@ class Store(Protocol):
         """Persist (overwrite) the login; its tokens are sealed at rest."""
         ...
 
+    async def load_route(self, identity: str) -> WorkspaceRouteRecord | None:
+        """The account's shared workspace route, or ``None`` (never stored, or expired)."""
+        ...
+
+    async def save_route(
+        self, identity: str, route: WorkspaceRouteRecord, ttl_seconds: float
+    ) -> None:
+        """Share (overwrite) the account's workspace route for ``ttl_seconds``."""
+        ...
+
     async def start_cooldown(self, identity: str, name: str, ttl_seconds: float) -> None:
         """Set a fleet-wide back-off marker (e.g. after a bootstrap failure) for ``ttl_seconds``."""
         ...
@@ -182,6 +193,17 @@ class ControlPlane(Protocol):
         Raises:
             ControlPlaneUnavailable: retryable failure after all attempts.
             ControlPlaneError: any other failure, or a response that is not a JSON object.
+        """
+        ...
+
+    async def accounts_check(self, *, bearer: Secret, account_id: str) -> Mapping[str, object]:
+        """``GET {chatgpt base}/wham/accounts/check`` for ``account_id``; the decoded answer
+        (workspace route discovery, protocol §16).
+
+        Raises:
+            ControlPlaneUnavailable: retryable failure after all attempts.
+            ControlPlaneError: any other failure (a 401 has ``status`` 401), or a response that is
+                not a JSON object.
         """
         ...
 

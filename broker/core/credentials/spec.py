@@ -71,6 +71,19 @@ _RULES: Final = {
 }
 
 
+class WorkspaceRouting(enum.Enum):
+    """Whether the broker discovers the account's workspace route (protocol §16).
+
+    ``auto`` discovers it for an identity with a ChatGPT login whose control plane is a ChatGPT
+    host (the reference host list, §3.2), where data-residency workspaces exist; ``on`` for every
+    identity with a login (a gateway or emulator that serves the discovery); ``off`` never.
+    """
+
+    AUTO = "auto"
+    ON = "on"
+    OFF = "off"
+
+
 class Source(enum.Enum):
     """Where an identity's key comes from (DESIGN §5)."""
 
@@ -137,6 +150,7 @@ class IdentitySpec:
         source: register a key, or take one from an Agent Identity JWT or an imported record.
         bootstrap_cooldown: ``authapi`` profile: seconds the fleet stays on Bearer after a
             retryable bootstrap failure (§8.5).
+        workspace_routing: whether the account's workspace route is discovered (§16).
     """
 
     name: str
@@ -154,6 +168,7 @@ class IdentitySpec:
     abom: Mapping[str, str] = field(default_factory=dict)
     source: Source = Source.REGISTER
     bootstrap_cooldown: float = 3600.0
+    workspace_routing: WorkspaceRouting = WorkspaceRouting.AUTO
 
     @property
     def supported_host(self) -> bool:
@@ -164,6 +179,15 @@ class IdentitySpec:
         if not self.profile.rules.host_rule:
             return True
         return is_supported_host(self.controlplane_url, self.extra_hosts)
+
+    @property
+    def discovers_route(self) -> bool:
+        """Whether this identity's headers carry its account's workspace route (§16)."""
+        if not self.has_bearer or self.workspace_routing is WorkspaceRouting.OFF:
+            return False
+        if self.workspace_routing is WorkspaceRouting.ON:
+            return True
+        return is_supported_host(self.controlplane_url)
 
     @property
     def has_bearer(self) -> bool:

@@ -96,6 +96,7 @@ def authorization_to_proto(authorization: Authorization) -> pb.Authorization:
         fallback_reason=_FALLBACKS[authorization.fallback_reason],
         headers=authorization.companion_headers,
         thread_id=public_thread(authorization.thread_id),
+        backend_origin=authorization.backend_origin,
     )
 
 

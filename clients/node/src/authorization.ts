@@ -37,8 +37,17 @@ export interface Authorization {
    * `task_registration_unavailable`, `identity_unavailable`, `requested`, … (the proto's names).
    */
   readonly fallbackReason: string;
-  /** Companion headers to send with it (`ChatGPT-Account-ID`, `X-OpenAI-Fedramp`). */
+  /**
+   * Companion headers to send with it (`ChatGPT-Account-ID`, `X-OpenAI-Fedramp`, and
+   * `x-openai-account-routing-override` where a workspace route requires it).
+   */
   readonly headers: Readonly<Record<string, string>>;
+  /**
+   * The origin (`scheme://host[:port]`) the identity's account must be called at when the broker
+   * discovered a workspace route for it, or `""` when no route applies (use the configured base
+   * URL). Send the request to {@link routeUrl}`(auth, url)` and do not follow redirects.
+   */
+  readonly backendOrigin: string;
 }
 
 const SCHEMES: ReadonlyMap<Scheme, AuthorizationScheme> = new Map([
@@ -75,10 +84,50 @@ export function fromMessage(message: AuthorizationMessage | undefined): Authoriz
     expiresAt: message.expiresAt,
     fallbackReason: fallbackReason(message.fallbackReason),
     headers: Object.freeze({ ...message.headers }),
+    backendOrigin: message.backendOrigin,
   });
 }
 
 /** Every header to send: the companions plus `Authorization`. */
 export function httpHeaders(authorization: Authorization): Record<string, string> {
   return { ...authorization.headers, Authorization: authorization.headerValue };
+}
+
+/**
+ * Where to send a request with this header: a new `URL` whose scheme, host and port (and any
+ * user-info) are `authorization.backendOrigin`'s, with the path, query and fragment of `url`; a
+ * plain copy of `url` when there is no route. `url` itself is never modified. A routed request must
+ * not follow redirects: pass `redirect: "error"` (or `"manual"`) to `fetch`.
+ *
+ * @throws TypeError `backendOrigin` is set but is not a `scheme://host[:port]` origin.
+ */
+export function routeUrl(authorization: Authorization, url: string | URL): URL {
+  const routed = new URL(url);
+  if (authorization.backendOrigin === "") {
+    return routed;
+  }
+  const origin = new URL(authorization.backendOrigin);
+  const malformed = (): TypeError =>
+    new TypeError(
+      `backendOrigin ${JSON.stringify(authorization.backendOrigin)} is not a scheme://host[:port] origin`,
+    );
+  if (
+    origin.host === "" ||
+    origin.username !== "" ||
+    origin.password !== "" ||
+    (origin.pathname !== "/" && origin.pathname !== "") ||
+    origin.search !== "" ||
+    origin.hash !== ""
+  ) {
+    throw malformed();
+  }
+  routed.username = "";
+  routed.password = "";
+  routed.protocol = origin.protocol;
+  routed.hostname = origin.hostname;
+  routed.port = origin.port;
+  if (routed.protocol !== origin.protocol || routed.host !== origin.host) {
+    throw malformed(); // the URL standard refuses some scheme changes (special to non-special)
+  }
+  return routed;
 }

@@ -5,6 +5,7 @@ export {
   type AuthorizationScheme,
   type AuthorizationTaskKind,
   httpHeaders,
+  routeUrl,
 } from "./authorization.js";
 export {
   type AuthorizationRequest,

@@ -22,11 +22,12 @@ from credential_broker_client import (
     BrokerUnavailableError,
     ClientStats,
     FallbackReason,
+    RoutedRedirectRefused,
     Scheme,
     SyncBrokerClient,
     TaskKind,
 )
-from credential_broker_client.httpx_auth import BrokerAuth
+from credential_broker_client.httpx_auth import BrokerAuth, refuse_routed_redirects
 from credential_broker_client.requests_auth import BrokerRequestsAuth
 
 
@@ -44,6 +45,8 @@ async def async_worker(target: str, url: str) -> int:
         assert_type(auth.http_headers(), dict[str, str])
         assert_type(auth.remaining(), float | None)
         assert_type(auth.is_assertion, bool)
+        assert_type(auth.backend_origin, str)
+        assert_type(auth.route_url(url), str)
         async with httpx.AsyncClient(auth=BrokerAuth(broker, thread_id="thread-1")) as http:
             response = await http.get(url)
         if response.status_code == 401:
@@ -62,9 +65,18 @@ def sync_worker(target: str, url: str) -> int:
         with requests.Session() as session:
             session.auth = BrokerRequestsAuth(broker, bearer_only=True)
             first = session.get(url, timeout=5).status_code
-        with httpx.Client(auth=BrokerAuth(broker)) as http:
+        with httpx.Client(
+            auth=BrokerAuth(broker),
+            follow_redirects=True,
+            event_hooks={"response": [refuse_routed_redirects]},
+        ) as http:
             second = http.get(url).status_code
         return max(first, second)
+
+
+def routed_redirect(error: RoutedRedirectRefused) -> int:
+    assert_type(error.status_code, int)
+    return error.status_code
 
 
 def errors(error: BrokerClientError) -> bool:

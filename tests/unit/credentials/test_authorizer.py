@@ -87,13 +87,14 @@ class TestWhichHeader:
         answer = await core.authorizer.authorize(mode=Mode.BEARER_ONLY)
         assert (answer.scheme, answer.fallback_reason) == (Scheme.BEARER, FallbackReason.REQUESTED)
         assert answer.header_value == Secret("Bearer bearer-1")
-        assert core.control_plane.calls == {}
+        # On a ChatGPT host the account's workspace route is discovered (§16); nothing else.
+        assert core.control_plane.calls == {"accounts_check": 1}
 
     async def test_disabled(self, clock: ManualClock) -> None:
         core = Core(clock, enabled=False)
         answer = await core.authorizer.authorize()
         assert answer.fallback_reason is FallbackReason.DISABLED
-        assert core.control_plane.calls == {}
+        assert core.control_plane.calls == {"accounts_check": 1}
 
     async def test_unsupported_host_for_background_only(self, clock: ManualClock) -> None:
         core = Core(clock, controlplane_url="https://backend.example.org/api")

@@ -16,6 +16,7 @@ from broker.core.credentials.counters import AuthorizerCounters
 from broker.core.credentials.fallback import BOOTSTRAP_COOLDOWN, FallbackPolicy
 from broker.core.credentials.identity import IdentityManager
 from broker.core.credentials.model import FallbackReason, Scheme
+from broker.core.credentials.routing import WorkspaceRouter
 from broker.core.credentials.spec import IdentityRuntime, IdentitySpec, Profile
 from broker.core.credentials.tasks import TaskRegistry
 from broker.errors import (
@@ -149,9 +150,9 @@ class TestNoCooldown:
         assert (await replica.authorize()).scheme is Scheme.AGENT_ASSERTION
 
     async def test_a_failure_that_is_not_the_control_plane(self, fleet: Fleet) -> None:
-        answer = await FallbackPolicy(fleet.store, AuthorizerCounters()).bootstrap_failure(
-            fleet.runtime, "", NoBearerToken("no token")
-        )
+        router = WorkspaceRouter(store=fleet.store, clock=fleet.clock)
+        policy = FallbackPolicy(fleet.store, AuthorizerCounters(), router)
+        answer = await policy.bootstrap_failure(fleet.runtime, "", NoBearerToken("no token"))
         assert answer.fallback_reason is FallbackReason.IDENTITY_UNAVAILABLE
         assert await fleet.cooldown() is None
 

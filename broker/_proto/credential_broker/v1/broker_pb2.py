@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!credential_broker/v1/broker.proto\x12\x14\x63redential_broker.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe7\x03\n\rAuthorization\x12\x14\n\x0cheader_value\x18\x01 \x01(\t\x12,\n\x06scheme\x18\x02 \x01(\x0e\x32\x1c.credential_broker.v1.Scheme\x12\x10\n\x08identity\x18\x03 \x01(\t\x12\x18\n\x10\x61gent_runtime_id\x18\x04 \x01(\t\x12\x0f\n\x07task_id\x18\x05 \x01(\t\x12\x31\n\ttask_kind\x18\x06 \x01(\x0e\x32\x1e.credential_broker.v1.TaskKind\x12-\n\tissued_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12=\n\x0f\x66\x61llback_reason\x18\t \x01(\x0e\x32$.credential_broker.v1.FallbackReason\x12\x41\n\x07headers\x18\n \x03(\x0b\x32\x30.credential_broker.v1.Authorization.HeadersEntry\x12\x11\n\tthread_id\x18\x0b \x01(\t\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9a\x01\n\x17GetAuthorizationRequest\x12\x10\n\x08identity\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12(\n\x04mode\x18\x03 \x01(\x0e\x32\x1a.credential_broker.v1.Mode\x12\x30\n\rmin_remaining\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"V\n\x18GetAuthorizationResponse\x12:\n\rauthorization\x18\x01 \x01(\x0b\x32#.credential_broker.v1.Authorization\"\x9c\x01\n\x19WatchAuthorizationRequest\x12\x10\n\x08identity\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12(\n\x04mode\x18\x03 \x01(\x0e\x32\x1a.credential_broker.v1.Mode\x12\x30\n\rmin_remaining\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"X\n\x1aWatchAuthorizationResponse\x12:\n\rauthorization\x18\x01 \x01(\x0b\x32#.credential_broker.v1.Authorization\"\xbc\x01\n\x04Task\x12\x10\n\x08identity\x18\x01 \x01(\t\x12\x18\n\x10\x61gent_runtime_id\x18\x02 \x01(\t\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x31\n\ttask_kind\x18\x04 \x01(\x0e\x32\x1e.credential_broker.v1.TaskKind\x12\x11\n\tthread_id\x18\x05 \x01(\t\x12\x31\n\rregistered_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"8\n\x11\x45nsureTaskRequest\x12\x10\n\x08identity\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\">\n\x12\x45nsureTaskResponse\x12(\n\x04task\x18\x01 \x01(\x0b\x32\x1a.credential_broker.v1.Task\"h\n\x16ReportRejectionRequest\x12\x10\n\x08identity\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12\x14\n\x0cheader_value\x18\x03 \x01(\t\x12\x13\n\x0bhttp_status\x18\x04 \x01(\x05\"g\n\x17ReportRejectionResponse\x12:\n\rauthorization\x18\x01 \x01(\x0b\x32#.credential_broker.v1.Authorization\x12\x10\n\x08replaced\x18\x02 \x01(\x08\"&\n\x12GetIdentityRequest\x12\x10\n\x08identity\x18\x01 \x01(\t\"\xe3\x01\n\x08Identity\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x18\n\x10\x61gent_runtime_id\x18\x02 \x01(\t\x12\x16\n\x0epublic_key_ssh\x18\x03 \x01(\t\x12\x31\n\rregistered_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x13has_background_task\x18\x05 \x01(\x08\x12\x12\n\naccount_id\x18\x06 \x01(\t\x12\x0f\n\x07profile\x18\x07 \x01(\t\x12\x0e\n\x06source\x18\x08 \x01(\t\x12\x12\n\nregistered\x18\t \x01(\x08\"G\n\x13GetIdentityResponse\x12\x30\n\x08identity\x18\x01 \x01(\x0b\x32\x1e.credential_broker.v1.Identity*O\n\x06Scheme\x12\x16\n\x12SCHEME_UNSPECIFIED\x10\x00\x12\x1a\n\x16SCHEME_AGENT_ASSERTION\x10\x01\x12\x11\n\rSCHEME_BEARER\x10\x02*U\n\x08TaskKind\x12\x19\n\x15TASK_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14TASK_KIND_BACKGROUND\x10\x01\x12\x14\n\x10TASK_KIND_THREAD\x10\x02*\x9c\x02\n\x0e\x46\x61llbackReason\x12\x1f\n\x1b\x46\x41LLBACK_REASON_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x46\x41LLBACK_REASON_DISABLED\x10\x01\x12$\n FALLBACK_REASON_UNSUPPORTED_HOST\x10\x02\x12\x31\n-FALLBACK_REASON_TASK_REGISTRATION_UNAVAILABLE\x10\x03\x12(\n$FALLBACK_REASON_IDENTITY_UNAVAILABLE\x10\x04\x12\x1d\n\x19\x46\x41LLBACK_REASON_REQUESTED\x10\x05\x12)\n%FALLBACK_REASON_BOOTSTRAP_UNAVAILABLE\x10\x06*D\n\x04Mode\x12\x14\n\x10MODE_UNSPECIFIED\x10\x00\x12\x10\n\x0cMODE_DEFAULT\x10\x01\x12\x14\n\x10MODE_BEARER_ONLY\x10\x02\x32\xb5\x04\n\x10\x43redentialBroker\x12q\n\x10GetAuthorization\x12-.credential_broker.v1.GetAuthorizationRequest\x1a..credential_broker.v1.GetAuthorizationResponse\x12y\n\x12WatchAuthorization\x12/.credential_broker.v1.WatchAuthorizationRequest\x1a\x30.credential_broker.v1.WatchAuthorizationResponse0\x01\x12_\n\nEnsureTask\x12\'.credential_broker.v1.EnsureTaskRequest\x1a(.credential_broker.v1.EnsureTaskResponse\x12n\n\x0fReportRejection\x12,.credential_broker.v1.ReportRejectionRequest\x1a-.credential_broker.v1.ReportRejectionResponse\x12\x62\n\x0bGetIdentity\x12(.credential_broker.v1.GetIdentityRequest\x1a).credential_broker.v1.GetIdentityResponseBDZBcredential-broker/clients/go/credentialbrokerv1;credentialbrokerv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!credential_broker/v1/broker.proto\x12\x14\x63redential_broker.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xff\x03\n\rAuthorization\x12\x14\n\x0cheader_value\x18\x01 \x01(\t\x12,\n\x06scheme\x18\x02 \x01(\x0e\x32\x1c.credential_broker.v1.Scheme\x12\x10\n\x08identity\x18\x03 \x01(\t\x12\x18\n\x10\x61gent_runtime_id\x18\x04 \x01(\t\x12\x0f\n\x07task_id\x18\x05 \x01(\t\x12\x31\n\ttask_kind\x18\x06 \x01(\x0e\x32\x1e.credential_broker.v1.TaskKind\x12-\n\tissued_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12=\n\x0f\x66\x61llback_reason\x18\t \x01(\x0e\x32$.credential_broker.v1.FallbackReason\x12\x41\n\x07headers\x18\n \x03(\x0b\x32\x30.credential_broker.v1.Authorization.HeadersEntry\x12\x11\n\tthread_id\x18\x0b \x01(\t\x12\x16\n\x0e\x62\x61\x63kend_origin\x18\x0c \x01(\t\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9a\x01\n\x17GetAuthorizationRequest\x12\x10\n\x08identity\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12(\n\x04mode\x18\x03 \x01(\x0e\x32\x1a.credential_broker.v1.Mode\x12\x30\n\rmin_remaining\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"V\n\x18GetAuthorizationResponse\x12:\n\rauthorization\x18\x01 \x01(\x0b\x32#.credential_broker.v1.Authorization\"\x9c\x01\n\x19WatchAuthorizationRequest\x12\x10\n\x08identity\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12(\n\x04mode\x18\x03 \x01(\x0e\x32\x1a.credential_broker.v1.Mode\x12\x30\n\rmin_remaining\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"X\n\x1aWatchAuthorizationResponse\x12:\n\rauthorization\x18\x01 \x01(\x0b\x32#.credential_broker.v1.Authorization\"\xbc\x01\n\x04Task\x12\x10\n\x08identity\x18\x01 \x01(\t\x12\x18\n\x10\x61gent_runtime_id\x18\x02 \x01(\t\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x31\n\ttask_kind\x18\x04 \x01(\x0e\x32\x1e.credential_broker.v1.TaskKind\x12\x11\n\tthread_id\x18\x05 \x01(\t\x12\x31\n\rregistered_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"8\n\x11\x45nsureTaskRequest\x12\x10\n\x08identity\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\">\n\x12\x45nsureTaskResponse\x12(\n\x04task\x18\x01 \x01(\x0b\x32\x1a.credential_broker.v1.Task\"h\n\x16ReportRejectionRequest\x12\x10\n\x08identity\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12\x14\n\x0cheader_value\x18\x03 \x01(\t\x12\x13\n\x0bhttp_status\x18\x04 \x01(\x05\"g\n\x17ReportRejectionResponse\x12:\n\rauthorization\x18\x01 \x01(\x0b\x32#.credential_broker.v1.Authorization\x12\x10\n\x08replaced\x18\x02 \x01(\x08\"&\n\x12GetIdentityRequest\x12\x10\n\x08identity\x18\x01 \x01(\t\"\xe3\x01\n\x08Identity\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x18\n\x10\x61gent_runtime_id\x18\x02 \x01(\t\x12\x16\n\x0epublic_key_ssh\x18\x03 \x01(\t\x12\x31\n\rregistered_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x13has_background_task\x18\x05 \x01(\x08\x12\x12\n\naccount_id\x18\x06 \x01(\t\x12\x0f\n\x07profile\x18\x07 \x01(\t\x12\x0e\n\x06source\x18\x08 \x01(\t\x12\x12\n\nregistered\x18\t \x01(\x08\"G\n\x13GetIdentityResponse\x12\x30\n\x08identity\x18\x01 \x01(\x0b\x32\x1e.credential_broker.v1.Identity*O\n\x06Scheme\x12\x16\n\x12SCHEME_UNSPECIFIED\x10\x00\x12\x1a\n\x16SCHEME_AGENT_ASSERTION\x10\x01\x12\x11\n\rSCHEME_BEARER\x10\x02*U\n\x08TaskKind\x12\x19\n\x15TASK_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14TASK_KIND_BACKGROUND\x10\x01\x12\x14\n\x10TASK_KIND_THREAD\x10\x02*\x9c\x02\n\x0e\x46\x61llbackReason\x12\x1f\n\x1b\x46\x41LLBACK_REASON_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x46\x41LLBACK_REASON_DISABLED\x10\x01\x12$\n FALLBACK_REASON_UNSUPPORTED_HOST\x10\x02\x12\x31\n-FALLBACK_REASON_TASK_REGISTRATION_UNAVAILABLE\x10\x03\x12(\n$FALLBACK_REASON_IDENTITY_UNAVAILABLE\x10\x04\x12\x1d\n\x19\x46\x41LLBACK_REASON_REQUESTED\x10\x05\x12)\n%FALLBACK_REASON_BOOTSTRAP_UNAVAILABLE\x10\x06*D\n\x04Mode\x12\x14\n\x10MODE_UNSPECIFIED\x10\x00\x12\x10\n\x0cMODE_DEFAULT\x10\x01\x12\x14\n\x10MODE_BEARER_ONLY\x10\x02\x32\xb5\x04\n\x10\x43redentialBroker\x12q\n\x10GetAuthorization\x12-.credential_broker.v1.GetAuthorizationRequest\x1a..credential_broker.v1.GetAuthorizationResponse\x12y\n\x12WatchAuthorization\x12/.credential_broker.v1.WatchAuthorizationRequest\x1a\x30.credential_broker.v1.WatchAuthorizationResponse0\x01\x12_\n\nEnsureTask\x12\'.credential_broker.v1.EnsureTaskRequest\x1a(.credential_broker.v1.EnsureTaskResponse\x12n\n\x0fReportRejection\x12,.credential_broker.v1.ReportRejectionRequest\x1a-.credential_broker.v1.ReportRejectionResponse\x12\x62\n\x0bGetIdentity\x12(.credential_broker.v1.GetIdentityRequest\x1a).credential_broker.v1.GetIdentityResponseBDZBcredential-broker/clients/go/credentialbrokerv1;credentialbrokerv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,42 +36,42 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'ZBcredential-broker/clients/go/credentialbrokerv1;credentialbrokerv1'
   _globals['_AUTHORIZATION_HEADERSENTRY']._loaded_options = None
   _globals['_AUTHORIZATION_HEADERSENTRY']._serialized_options = b'8\001'
-  _globals['_SCHEME']._serialized_start=1975
-  _globals['_SCHEME']._serialized_end=2054
-  _globals['_TASKKIND']._serialized_start=2056
-  _globals['_TASKKIND']._serialized_end=2141
-  _globals['_FALLBACKREASON']._serialized_start=2144
-  _globals['_FALLBACKREASON']._serialized_end=2428
-  _globals['_MODE']._serialized_start=2430
-  _globals['_MODE']._serialized_end=2498
+  _globals['_SCHEME']._serialized_start=1999
+  _globals['_SCHEME']._serialized_end=2078
+  _globals['_TASKKIND']._serialized_start=2080
+  _globals['_TASKKIND']._serialized_end=2165
+  _globals['_FALLBACKREASON']._serialized_start=2168
+  _globals['_FALLBACKREASON']._serialized_end=2452
+  _globals['_MODE']._serialized_start=2454
+  _globals['_MODE']._serialized_end=2522
   _globals['_AUTHORIZATION']._serialized_start=125
-  _globals['_AUTHORIZATION']._serialized_end=612
-  _globals['_AUTHORIZATION_HEADERSENTRY']._serialized_start=566
-  _globals['_AUTHORIZATION_HEADERSENTRY']._serialized_end=612
-  _globals['_GETAUTHORIZATIONREQUEST']._serialized_start=615
-  _globals['_GETAUTHORIZATIONREQUEST']._serialized_end=769
-  _globals['_GETAUTHORIZATIONRESPONSE']._serialized_start=771
-  _globals['_GETAUTHORIZATIONRESPONSE']._serialized_end=857
-  _globals['_WATCHAUTHORIZATIONREQUEST']._serialized_start=860
-  _globals['_WATCHAUTHORIZATIONREQUEST']._serialized_end=1016
-  _globals['_WATCHAUTHORIZATIONRESPONSE']._serialized_start=1018
-  _globals['_WATCHAUTHORIZATIONRESPONSE']._serialized_end=1106
-  _globals['_TASK']._serialized_start=1109
-  _globals['_TASK']._serialized_end=1297
-  _globals['_ENSURETASKREQUEST']._serialized_start=1299
-  _globals['_ENSURETASKREQUEST']._serialized_end=1355
-  _globals['_ENSURETASKRESPONSE']._serialized_start=1357
-  _globals['_ENSURETASKRESPONSE']._serialized_end=1419
-  _globals['_REPORTREJECTIONREQUEST']._serialized_start=1421
-  _globals['_REPORTREJECTIONREQUEST']._serialized_end=1525
-  _globals['_REPORTREJECTIONRESPONSE']._serialized_start=1527
-  _globals['_REPORTREJECTIONRESPONSE']._serialized_end=1630
-  _globals['_GETIDENTITYREQUEST']._serialized_start=1632
-  _globals['_GETIDENTITYREQUEST']._serialized_end=1670
-  _globals['_IDENTITY']._serialized_start=1673
-  _globals['_IDENTITY']._serialized_end=1900
-  _globals['_GETIDENTITYRESPONSE']._serialized_start=1902
-  _globals['_GETIDENTITYRESPONSE']._serialized_end=1973
-  _globals['_CREDENTIALBROKER']._serialized_start=2501
-  _globals['_CREDENTIALBROKER']._serialized_end=3066
+  _globals['_AUTHORIZATION']._serialized_end=636
+  _globals['_AUTHORIZATION_HEADERSENTRY']._serialized_start=590
+  _globals['_AUTHORIZATION_HEADERSENTRY']._serialized_end=636
+  _globals['_GETAUTHORIZATIONREQUEST']._serialized_start=639
+  _globals['_GETAUTHORIZATIONREQUEST']._serialized_end=793
+  _globals['_GETAUTHORIZATIONRESPONSE']._serialized_start=795
+  _globals['_GETAUTHORIZATIONRESPONSE']._serialized_end=881
+  _globals['_WATCHAUTHORIZATIONREQUEST']._serialized_start=884
+  _globals['_WATCHAUTHORIZATIONREQUEST']._serialized_end=1040
+  _globals['_WATCHAUTHORIZATIONRESPONSE']._serialized_start=1042
+  _globals['_WATCHAUTHORIZATIONRESPONSE']._serialized_end=1130
+  _globals['_TASK']._serialized_start=1133
+  _globals['_TASK']._serialized_end=1321
+  _globals['_ENSURETASKREQUEST']._serialized_start=1323
+  _globals['_ENSURETASKREQUEST']._serialized_end=1379
+  _globals['_ENSURETASKRESPONSE']._serialized_start=1381
+  _globals['_ENSURETASKRESPONSE']._serialized_end=1443
+  _globals['_REPORTREJECTIONREQUEST']._serialized_start=1445
+  _globals['_REPORTREJECTIONREQUEST']._serialized_end=1549
+  _globals['_REPORTREJECTIONRESPONSE']._serialized_start=1551
+  _globals['_REPORTREJECTIONRESPONSE']._serialized_end=1654
+  _globals['_GETIDENTITYREQUEST']._serialized_start=1656
+  _globals['_GETIDENTITYREQUEST']._serialized_end=1694
+  _globals['_IDENTITY']._serialized_start=1697
+  _globals['_IDENTITY']._serialized_end=1924
+  _globals['_GETIDENTITYRESPONSE']._serialized_start=1926
+  _globals['_GETIDENTITYRESPONSE']._serialized_end=1997
+  _globals['_CREDENTIALBROKER']._serialized_start=2525
+  _globals['_CREDENTIALBROKER']._serialized_end=3090
 # @@protoc_insertion_point(module_scope)

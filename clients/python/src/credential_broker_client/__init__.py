@@ -31,6 +31,7 @@ from credential_broker_client.errors import (
     ClientClosedError,
     CredentialUnavailableError,
     InvalidRequestError,
+    RoutedRedirectRefused,
     UnknownIdentityError,
 )
 from credential_broker_client.sync import SyncBrokerClient
@@ -47,6 +48,7 @@ __all__ = [
     "CredentialUnavailableError",
     "FallbackReason",
     "InvalidRequestError",
+    "RoutedRedirectRefused",
     "Scheme",
     "SyncBrokerClient",
     "TaskKind",

@@ -78,6 +78,7 @@ def authorization_from_proto(message: pb.Authorization) -> tuple[Authorization, 
         expires_at=expires_at,
         fallback_reason=_FALLBACKS.get(message.fallback_reason, FallbackReason.UNKNOWN),
         headers=MappingProxyType(dict(message.headers)),
+        backend_origin=message.backend_origin,
     )
     return authorization, expires
 

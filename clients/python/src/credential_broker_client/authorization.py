@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import time
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -91,7 +92,11 @@ class Authorization:
     """When the broker stops handing this value out; ``None`` for a Bearer."""
     fallback_reason: FallbackReason = FallbackReason.NONE
     headers: Mapping[str, str] = field(default_factory=_no_headers, hash=False)
-    """Companion headers to send with it (``ChatGPT-Account-ID``, ``X-OpenAI-Fedramp``); read-only."""
+    """Companion headers to send with it (``ChatGPT-Account-ID``, ``X-OpenAI-Fedramp``, and
+    ``x-openai-account-routing-override`` where a route requires it); read-only."""
+    backend_origin: str = ""
+    """The origin (``scheme://host[:port]``) the identity's account must be called at, or empty when
+    no workspace route applies (use the configured base URL). See :meth:`route_url`."""
 
     @property
     def is_assertion(self) -> bool:
@@ -103,6 +108,42 @@ class Authorization:
         headers = dict(self.headers)
         headers["Authorization"] = self.header_value
         return headers
+
+    def route_url(self, url: str) -> str:
+        """``url`` sent where this header must go: its origin replaced by :attr:`backend_origin`.
+
+        The scheme, host and port (and any user-info) of ``url`` are replaced by the origin's; the
+        path, query and fragment are kept. Without a ``backend_origin`` the URL is returned
+        unchanged. A routed request must not follow redirects (the plug-ins refuse them).
+
+        Example::
+
+            auth = await client.get_authorization(thread_id="thread-42")
+            response = await http.get(
+                auth.route_url(url), headers=auth.http_headers(), follow_redirects=False
+            )
+
+        Args:
+            url: an absolute ``http(s)://host[:port]/path?query`` URL.
+
+        Raises:
+            ValueError: ``backend_origin`` is set but is not a ``scheme://host[:port]`` origin.
+        """
+        if not self.backend_origin:
+            return url
+        origin = urllib.parse.urlsplit(self.backend_origin)
+        if (
+            not origin.scheme
+            or not origin.netloc
+            or origin.path not in ("", "/")
+            or origin.query
+            or origin.fragment
+        ):
+            raise ValueError(
+                f"backend_origin {self.backend_origin!r} is not a scheme://host[:port] origin"
+            )
+        parts = urllib.parse.urlsplit(url)
+        return urllib.parse.urlunsplit(parts._replace(scheme=origin.scheme, netloc=origin.netloc))
 
     def remaining(self, now: float | None = None) -> float | None:
         """Seconds until :attr:`expires_at` (negative once past), or ``None`` when it has none.

@@ -8,7 +8,8 @@
     ├── UnknownIdentityError          NOT_FOUND: the identity is not configured on the broker
     ├── CredentialUnavailableError    FAILED_PRECONDITION: no assertion possible and no Bearer either
     ├── CallerDeniedError             UNAUTHENTICATED, PERMISSION_DENIED: this caller may not ask
-    └── ClientClosedError             the client was closed
+    ├── ClientClosedError             the client was closed
+    └── RoutedRedirectRefused         a plug-in's routed request was answered with a redirect
 
 ``reason`` is the broker's stable ``google.rpc.ErrorInfo`` reason (``NO_BEARER_TOKEN``,
 ``STORE_UNAVAILABLE``, …; see the broker's README), or ``None`` when the status carried none (a
@@ -80,6 +81,24 @@ class CallerDeniedError(BrokerClientError):
 
 class ClientClosedError(BrokerClientError):
     """The client was used after ``close()``."""
+
+
+class RoutedRedirectRefused(BrokerClientError):
+    """A routed request (one sent to ``Authorization.backend_origin``) was answered with a redirect.
+
+    Routed requests never follow redirects, so the HTTP plug-ins raise this instead of following
+    the ``Location``. The message names the status only, never a header's value.
+
+    Attributes:
+        status_code: the control plane's 3xx status.
+    """
+
+    def __init__(self, status_code: int) -> None:
+        super().__init__(
+            f"a routed request was answered with HTTP {status_code} and a Location; "
+            "routed requests never follow redirects"
+        )
+        self.status_code = status_code
 
 
 _BY_CODE: Final[Mapping[grpc.StatusCode, type[BrokerClientError]]] = {

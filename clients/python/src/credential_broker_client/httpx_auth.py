@@ -6,21 +6,102 @@ Needs the ``httpx`` extra (``pip install 'credential-broker-client[httpx]'``).
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Collection, Generator
+from typing import Final
 
 import httpx
 
 from credential_broker_client.authorization import Authorization
 from credential_broker_client.client import BrokerClient
+from credential_broker_client.errors import RoutedRedirectRefused
 from credential_broker_client.sync import SyncBrokerClient
 
 DEFAULT_REJECTION_STATUSES = frozenset({401})
 
+ROUTED_EXTENSION: Final = "credential_broker_routed"
+"""The ``httpx.Request.extensions`` key that marks a request sent to a ``backend_origin``."""
 
-def apply_headers(request: httpx.Request, authorization: Authorization) -> None:
-    """Put the ``Authorization`` header and its companions on ``request`` (replacing old ones)."""
+
+def apply_headers(
+    request: httpx.Request, authorization: Authorization, *, previous: Authorization | None = None
+) -> None:
+    """Put the ``Authorization`` header and its companions on ``request`` (replacing old ones).
+
+    Args:
+        request: the request to sign.
+        authorization: the header and companions to send.
+        previous: the authorization the request was signed with before (the retry after a 401):
+            its companions that ``authorization`` does not have are removed (e.g. a routing
+            override the replacement's route does not need).
+    """
+    if previous is not None:
+        current = {name.lower() for name in authorization.headers}
+        for name in previous.headers:
+            if name.lower() not in current:
+                request.headers.pop(name, None)
     for name, value in authorization.headers.items():
         request.headers[name] = value
     request.headers["Authorization"] = authorization.header_value
+
+
+class _Target:
+    """Where a request goes: its caller's URL and ``Host``, or an authorization's route of them."""
+
+    __slots__ = ("_host", "_url")
+
+    def __init__(self, request: httpx.Request) -> None:
+        self._url = request.url
+        self._host = request.headers.get("Host")
+
+    def apply(self, request: httpx.Request, authorization: Authorization) -> None:
+        """Send ``request`` to ``authorization.backend_origin`` if it has one, else where asked."""
+        if authorization.backend_origin:
+            request.url = httpx.URL(authorization.route_url(str(self._url)))
+            request.headers["Host"] = request.url.netloc.decode("ascii")
+            request.extensions[ROUTED_EXTENSION] = True
+        elif request.extensions.pop(ROUTED_EXTENSION, False):
+            # a routed first attempt, an unrouted replacement: back to the caller's URL
+            request.url = self._url
+            if self._host is None:
+                del request.headers["Host"]
+            else:
+                request.headers["Host"] = self._host
+
+
+def _refuse_routed_redirect(request: httpx.Request, response: httpx.Response) -> None:
+    if not request.extensions.get(ROUTED_EXTENSION):
+        return
+    if response.has_redirect_location:
+        raise RoutedRedirectRefused(response.status_code)
+    if response.request is not request and response.history:
+        # follow_redirects=True without the event hook: httpx followed it before this flow could
+        # refuse it; the caller still gets the error, not the redirect target's answer
+        raise RoutedRedirectRefused(response.history[-1].status_code)
+
+
+def refuse_routed_redirects(response: httpx.Response) -> None:
+    """A response event hook for ``httpx.Client(follow_redirects=True)``: never follow a routed one.
+
+    httpx follows redirects before an auth flow sees the answer, so :class:`BrokerAuth` alone can
+    refuse a routed redirect only when the client does not follow redirects (httpx's default).
+    With ``follow_redirects=True`` register this hook as well::
+
+        httpx.Client(auth=BrokerAuth(broker), follow_redirects=True,
+                     event_hooks={"response": [refuse_routed_redirects]})
+
+    Raises:
+        RoutedRedirectRefused: a routed request was answered with a 3xx and a ``Location``.
+    """
+    if response.request.extensions.get(ROUTED_EXTENSION) and response.has_redirect_location:
+        raise RoutedRedirectRefused(response.status_code)
+
+
+async def async_refuse_routed_redirects(response: httpx.Response) -> None:
+    """:func:`refuse_routed_redirects` for ``httpx.AsyncClient(follow_redirects=True)``.
+
+    Raises:
+        RoutedRedirectRefused: a routed request was answered with a 3xx and a ``Location``.
+    """
+    refuse_routed_redirects(response)
 
 
 class BrokerAuth(httpx.Auth):
@@ -29,6 +110,13 @@ class BrokerAuth(httpx.Auth):
     When the control plane answers a status in ``rejection_statuses`` (401 by default), the header
     is reported with ``ReportRejection`` once and the request is sent once more with the
     replacement. A second refusal is returned to the caller as it is.
+
+    When the header has a :attr:`~Authorization.backend_origin` (a workspace route), the request is
+    sent there instead (:meth:`Authorization.route_url`: path and query kept, the retry routed by
+    its replacement) and a redirect answer raises :class:`RoutedRedirectRefused` instead of being
+    followed. httpx follows redirects before this flow sees them, so a client created with
+    ``follow_redirects=True`` also needs the :func:`refuse_routed_redirects` event hook. Requests
+    without a route are sent and answered exactly as asked.
 
     Give it a :class:`BrokerClient` for ``httpx.AsyncClient`` or a :class:`SyncBrokerClient` for
     ``httpx.Client``::
@@ -74,6 +162,7 @@ class BrokerAuth(httpx.Auth):
 
         Raises:
             TypeError: the broker client is the asyncio one.
+            RoutedRedirectRefused: a routed request was answered with a redirect.
         """
         broker = self._broker
         if not isinstance(broker, SyncBrokerClient):
@@ -84,8 +173,11 @@ class BrokerAuth(httpx.Auth):
             bearer_only=self._bearer_only,
             min_remaining=self._min_remaining,
         )
+        target = _Target(request)
+        target.apply(request, authorization)
         apply_headers(request, authorization)
         response = yield request
+        _refuse_routed_redirect(request, response)
         if response.status_code in self._statuses:
             replacement = broker.report_rejection(
                 authorization,
@@ -98,8 +190,10 @@ class BrokerAuth(httpx.Auth):
                 replacement = broker.get_authorization(
                     self._thread_id, identity=self._identity, bearer_only=True
                 )
-            apply_headers(request, replacement)
-            yield request
+            target.apply(request, replacement)
+            apply_headers(request, replacement, previous=authorization)
+            response = yield request
+            _refuse_routed_redirect(request, response)
 
     async def async_auth_flow(
         self, request: httpx.Request
@@ -108,6 +202,7 @@ class BrokerAuth(httpx.Auth):
 
         Raises:
             TypeError: the broker client is the blocking one.
+            RoutedRedirectRefused: a routed request was answered with a redirect.
         """
         broker = self._broker
         if not isinstance(broker, BrokerClient):
@@ -118,8 +213,11 @@ class BrokerAuth(httpx.Auth):
             bearer_only=self._bearer_only,
             min_remaining=self._min_remaining,
         )
+        target = _Target(request)
+        target.apply(request, authorization)
         apply_headers(request, authorization)
         response = yield request
+        _refuse_routed_redirect(request, response)
         if response.status_code in self._statuses:
             replacement = await broker.report_rejection(
                 authorization,
@@ -132,5 +230,7 @@ class BrokerAuth(httpx.Auth):
                 replacement = await broker.get_authorization(
                     self._thread_id, identity=self._identity, bearer_only=True
                 )
-            apply_headers(request, replacement)
-            yield request
+            target.apply(request, replacement)
+            apply_headers(request, replacement, previous=authorization)
+            response = yield request
+            _refuse_routed_redirect(request, response)

@@ -258,6 +258,14 @@ export interface Authorization {
   headers: { [key: string]: string };
   /** The thread the task belongs to; empty for the background task. */
   threadId: string;
+  /**
+   * The backend origin (`scheme://host[:port]`, no path) the identity's account must be called at,
+   * when the broker discovered a workspace route for it: send the request there with its path
+   * unchanged, send `headers` with it (which then hold `x-openai-account-routing-override` where
+   * the route requires it) and do not follow redirects. Empty when no route applies (routing is
+   * off for the identity, or it has no ChatGPT login): use the configured base URL.
+   */
+  backendOrigin: string;
 }
 
 export interface Authorization_HeadersEntry {
@@ -370,6 +378,7 @@ function createBaseAuthorization(): Authorization {
     fallbackReason: 0,
     headers: {},
     threadId: "",
+    backendOrigin: "",
   };
 }
 
@@ -407,6 +416,9 @@ export const Authorization: MessageFns<Authorization> = {
     });
     if (message.threadId !== "") {
       writer.uint32(90).string(message.threadId);
+    }
+    if (message.backendOrigin !== "") {
+      writer.uint32(98).string(message.backendOrigin);
     }
     return writer;
   },
@@ -515,6 +527,14 @@ export const Authorization: MessageFns<Authorization> = {
             message.threadId = reader.string();
             continue;
           }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.backendOrigin = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -585,6 +605,11 @@ export const Authorization: MessageFns<Authorization> = {
         : isSet(object.thread_id)
         ? globalThis.String(object.thread_id)
         : "",
+      backendOrigin: isSet(object.backendOrigin)
+        ? globalThis.String(object.backendOrigin)
+        : isSet(object.backend_origin)
+        ? globalThis.String(object.backend_origin)
+        : "",
     };
   },
 
@@ -629,6 +654,9 @@ export const Authorization: MessageFns<Authorization> = {
     if (message.threadId !== "") {
       obj.threadId = message.threadId;
     }
+    if (message.backendOrigin !== "") {
+      obj.backendOrigin = message.backendOrigin;
+    }
     return obj;
   },
 
@@ -656,6 +684,7 @@ export const Authorization: MessageFns<Authorization> = {
       {},
     );
     message.threadId = object.threadId ?? "";
+    message.backendOrigin = object.backendOrigin ?? "";
     return message;
   },
 };

@@ -180,6 +180,7 @@ class Authorization(_message.Message):
     FALLBACK_REASON_FIELD_NUMBER: _builtins.int
     HEADERS_FIELD_NUMBER: _builtins.int
     THREAD_ID_FIELD_NUMBER: _builtins.int
+    BACKEND_ORIGIN_FIELD_NUMBER: _builtins.int
     header_value: _builtins.str
     """The complete value of the `Authorization` header. A secret: never log it."""
     scheme: Global___Scheme.ValueType
@@ -193,6 +194,13 @@ class Authorization(_message.Message):
     fallback_reason: Global___FallbackReason.ValueType
     thread_id: _builtins.str
     """The thread the task belongs to; empty for the background task."""
+    backend_origin: _builtins.str
+    """The backend origin (`scheme://host[:port]`, no path) the identity's account must be called at,
+    when the broker discovered a workspace route for it: send the request there with its path
+    unchanged, send `headers` with it (which then hold `x-openai-account-routing-override` where
+    the route requires it) and do not follow redirects. Empty when no route applies (routing is
+    off for the identity, or it has no ChatGPT login): use the configured base URL.
+    """
     @_builtins.property
     def issued_at(self) -> _timestamp_pb2.Timestamp:
         """When the assertion was signed (its envelope timestamp). Unset for Bearer."""
@@ -222,10 +230,11 @@ class Authorization(_message.Message):
         fallback_reason: Global___FallbackReason.ValueType = ...,
         headers: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         thread_id: _builtins.str = ...,
+        backend_origin: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "issued_at", b"issued_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_runtime_id", b"agent_runtime_id", "expires_at", b"expires_at", "fallback_reason", b"fallback_reason", "header_value", b"header_value", "headers", b"headers", "identity", b"identity", "issued_at", b"issued_at", "scheme", b"scheme", "task_id", b"task_id", "task_kind", b"task_kind", "thread_id", b"thread_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_runtime_id", b"agent_runtime_id", "backend_origin", b"backend_origin", "expires_at", b"expires_at", "fallback_reason", b"fallback_reason", "header_value", b"header_value", "headers", b"headers", "identity", b"identity", "issued_at", b"issued_at", "scheme", b"scheme", "task_id", b"task_id", "task_kind", b"task_kind", "thread_id", b"thread_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
