@@ -23,7 +23,7 @@ class BenchConfig:
     requests: int = 20_000
     connections: int = 4
     streams: int = 8
-    rounds: int = 3
+    rounds: int = 5
     log_level: str = "info"
     assertion_ttl: float = 60.0
     refresh_margin: float = 30.0
@@ -71,7 +71,7 @@ class Ratio:
     """A broker against a ceiling measured in the same rounds.
 
     Attributes:
-        req_per_s: broker/ceiling throughput (of the medians).
+        req_per_s: broker/ceiling throughput: the median of the per-round ratios (``rounds``).
         p99: broker/ceiling p99 latency.
         cpu: ceiling/broker server CPU time per request (the same question asked of a steadier
             quantity on a shared machine); ``None`` when not measured.
@@ -89,14 +89,15 @@ class Ratio:
         cpu = None
         if broker.cpu_us_per_request and ceiling.cpu_us_per_request:
             cpu = ceiling.cpu_us_per_request / broker.cpu_us_per_request
+        rounds = [
+            b.load.req_per_s / c.load.req_per_s
+            for b, c in zip(broker.runs, ceiling.runs, strict=True)
+        ]
         return cls(
-            req_per_s=broker.req_per_s / ceiling.req_per_s,
+            req_per_s=statistics.median(rounds),
             p99=broker.p99_ms / ceiling.p99_ms,
             cpu=cpu,
-            rounds=[
-                b.load.req_per_s / c.load.req_per_s
-                for b, c in zip(broker.runs, ceiling.runs, strict=True)
-            ],
+            rounds=rounds,
         )
 
 

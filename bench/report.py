@@ -8,7 +8,12 @@ from typing import Any
 
 from bench.model import BenchConfig, BrokerFigure, ServerFigure
 
-_CEILINGS = {"bare": "bare grpc.aio + uvloop", "stack_echo": "broker's stack, echo"}
+_CEILINGS = {
+    "bare": "bare grpc.aio + uvloop",
+    "bare_caller": "bare, with caller header",
+    "stack_echo": "broker's stack, echo",
+    "stack_echo_caller": "stack echo, with caller header",
+}
 _NAME_WIDTH = 38
 
 
@@ -65,11 +70,15 @@ def _pairs(counts: dict[str, int]) -> str:
     return ", ".join(f"{k} {v:,}" for k, v in counts.items()) or "none"
 
 
+def _runs_width(rounds: int) -> int:
+    return max(25, 9 * rounds)
+
+
 def _row(name: str, figure: ServerFigure) -> str:
     runs = " / ".join(f"{r.load.req_per_s:,.0f}" for r in figure.runs)
     cpu = "-" if figure.cpu_us_per_request is None else f"{figure.cpu_us_per_request:,.0f}"
     return (
-        f"{name:<{_NAME_WIDTH}}{figure.req_per_s:>7,.0f}  {runs:<25}"
+        f"{name:<{_NAME_WIDTH}}{figure.req_per_s:>7,.0f}  {runs:<{_runs_width(len(figure.runs))}}"
         f"{figure.p50_ms:>7.2f}{figure.p99_ms:>8.2f}{figure.mean_ms:>8.2f}{cpu:>11}"
     )
 
@@ -125,9 +134,11 @@ def to_table(result: dict[str, Any], warnings: list[str]) -> str:
         f"{env.get('event_loop', '?')}",
         f"{config.rounds} rounds of {config.requests:,} requests per server (each server once "
         f"per round); request {env['request_bytes']} B framed, response {env['response_bytes']} B",
-        "figures are medians of each server's runs; latency is exact (h2load's log)",
+        "figures are medians of each server's runs; a ratio is the median of its per-round ratios; "
+        "latency is exact (h2load's log)",
+        "the token caller is compared with the ceilings serving the same requests (caller header)",
         "",
-        f"{'server':<{_NAME_WIDTH}}{'req/s':>7}  {'runs (req/s)':<25}"
+        f"{'server':<{_NAME_WIDTH}}{'req/s':>7}  {'runs (req/s)':<{_runs_width(config.rounds)}}"
         f"{'p50 ms':>7}{'p99 ms':>8}{'mean ms':>8}{'CPU us/req':>11}",
         *(_row(f"{_CEILINGS[key]} (ceiling)", fig) for key, fig in ceilings.items()),
         *(_row(figure.label, figure.server) for figure in brokers.values()),

@@ -3,9 +3,15 @@
 Five servers are measured in one run, each in its own process: the bare grpc.aio + uvloop server
 (:mod:`bench.serve_bare`, no broker code), the echo on the broker's own stack
 (:mod:`bench.serve_echo`), and the broker's warm ``GetAuthorization`` three ways: embedded store and
-no callers, embedded store with a token-authenticated caller, Redis store and no callers. Each round
-runs every server once, one after the other, so that a noisy phase of the machine hits all of them;
-each figure is the median of its runs.
+no callers, embedded store with a token-authenticated caller, Redis store and no callers.
+
+A ceiling serves the same requests as the broker it bounds: the token caller's requests carry an
+``authorization`` header, which the grpc stack itself parses and hands to Python on every call
+(about 38,000 instructions per request on the bare server), so the two ceilings are also measured
+with that header and the token caller is compared with those. Each round runs every load once, one
+after the other, in an order rotated by one place per round (no load always runs first or after the
+same neighbour); a broker's ratio to a ceiling is the median of its per-round ratios (two runs of
+one round ran next to each other in time), and each server figure is the median of its runs.
 
 Around every run the server's own counters are read (SIGUSR1, see :mod:`bench._server`): the gRPC
 OK count must grow by exactly the number of requests (h2load would count a gRPC error sent with
@@ -134,8 +140,18 @@ class _Rounds:
         broker.runs.append(run)
 
 
+CEILINGS = ("bare", "bare_caller", "stack_echo", "stack_echo_caller")
+"""The ceiling loads: each ceiling server without and with the token caller's header."""
+
+
+def _broker_load(
+    rounds: _Rounds, broker: _Broker, of: str, expected: Callable[[], float]
+) -> Callable[[], None]:
+    return lambda: rounds.broker_run(broker, f"{broker.process.name} {of}", expected())
+
+
 def _figure(
-    broker: _Broker, bare: ServerFigure, echo: ServerFigure, config: BenchConfig
+    broker: _Broker, ceilings: Mapping[str, ServerFigure], config: BenchConfig
 ) -> BrokerFigure:
     warm = broker.warm
     warm.requests = config.requests * len(broker.runs)
@@ -149,7 +165,9 @@ def _figure(
                 (warm.redis_excluded if excluded else warm.redis_commands_by_name)[name] = calls
         warm.redis_commands = sum(warm.redis_commands_by_name.values())
     server = ServerFigure.of(broker.runs)
-    vs_bare = Ratio.of(server, bare)
+    suffix = "_caller" if broker.token is not None else ""
+    vs_bare = Ratio.of(server, ceilings["bare" + suffix])
+    echo = ceilings["stack_echo" + suffix]
     return BrokerFigure(
         label=broker.label,
         store=broker.store,
@@ -242,17 +260,32 @@ def run_bench(
             _broker_args(config, "--response", str(response_file)),
         )
         client.check_echo(echo.port, echo.name, response)
-        bare_runs: list[Run] = []
-        echo_runs: list[Run] = []
-        for index in range(1, config.rounds + 1):
-            of = f"{index}/{config.rounds}"
-            bare_runs.append(rounds.load(bare, f"bare {of}")[0])
-            echo_runs.append(rounds.load(echo, f"stack echo {of}")[0])
-            expected = config.requests / bare_runs[-1].load.req_per_s
-            for broker in brokers:
-                rounds.broker_run(broker, f"{broker.process.name} {of}", expected)
-        bare_figure, echo_figure = ServerFigure.of(bare_runs), ServerFigure.of(echo_runs)
-        figures = {b.key: _figure(b, bare_figure, echo_figure, config) for b in brokers}
+        ceiling_runs: dict[str, list[Run]] = {key: [] for key in CEILINGS}
+        ceiling_servers = {"bare": bare, "stack_echo": echo}
+        expected = 10.0
+
+        def ceiling_load(key: str, of: str) -> Callable[[], None]:
+            server, header = ceiling_servers[key.removesuffix("_caller")], key.endswith("_caller")
+
+            def load() -> None:
+                nonlocal expected
+                label = f"{server.name}{' (caller header)' if header else ''} {of}"
+                run = rounds.load(server, label, token if header else None)[0]
+                ceiling_runs[key].append(run)
+                expected = config.requests / run.load.req_per_s
+
+            return load
+
+        for index in range(config.rounds):
+            of = f"{index + 1}/{config.rounds}"
+            loads = [ceiling_load(key, of) for key in CEILINGS] + [
+                _broker_load(rounds, broker, of, lambda: expected) for broker in brokers
+            ]
+            shift = index % len(loads)
+            for load in loads[shift:] + loads[:shift]:
+                load()
+        ceilings = {key: ServerFigure.of(runs) for key, runs in ceiling_runs.items()}
+        figures = {b.key: _figure(b, ceilings, config) for b in brokers}
     return {
         "config": config,
         "environment": {
@@ -263,6 +296,6 @@ def run_bench(
             "response_bytes": len(response),
         },
         "excluded_redis_commands": EXCLUDED_REDIS_COMMANDS,
-        "ceilings": {"bare": bare_figure, "stack_echo": echo_figure},
+        "ceilings": ceilings,
         "brokers": figures,
     }
