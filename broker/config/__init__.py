@@ -23,7 +23,7 @@ from broker.config._identity import (
     SourceSettings,
     TokenFileAccount,
 )
-from broker.config._parsers import SKEW_WINDOW_SECONDS, is_loopback, is_loopback_host
+from broker.config._parsers import SKEW_WINDOW_SECONDS, is_loopback
 from broker.config._settings import (
     DEFAULT_LISTEN,
     Settings,
@@ -32,6 +32,7 @@ from broker.config._settings import (
     load_settings,
 )
 from broker.config._table import Setting, rows_of
+from broker.core.protocol.urls import is_loopback_host
 
 __all__ = [
     "DEFAULT_CONTROLPLANE_URL",

@@ -7,12 +7,11 @@ A value comes as a string from the environment and from flags, and as a TOML val
 from __future__ import annotations
 
 import enum
-import ipaddress
 from collections.abc import Callable
 from pathlib import Path
 from typing import Final, TypeVar
 
-from broker.core.protocol.urls import host_of
+from broker.core.protocol.urls import host_of, is_loopback_host
 from broker.errors import ConfigError, UrlError
 
 T = TypeVar("T")
@@ -230,17 +229,6 @@ def account_kind(setting: str, value: object) -> str:
     if kind not in ("token_file", "login"):
         raise ConfigError(f"{setting}: expected token_file or login, got {kind!r}")
     return kind
-
-
-def is_loopback_host(host: str) -> bool:
-    """Whether ``host`` is ``localhost``, in 127.0.0.0/8 or ``::1`` (brackets allowed)."""
-    host = host.strip("[]").lower()
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def is_loopback(address: str) -> bool:

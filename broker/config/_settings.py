@@ -17,7 +17,7 @@ from broker.config import _parsers as p
 from broker.config._callers import read_caller, unique_credentials
 from broker.config._identity import ENV_WHERE, IdentitySettings, read_identity
 from broker.config._identity import VARIABLES as IDENTITY_VARIABLES
-from broker.config._parsers import SKEW_WINDOW_SECONDS, is_loopback, is_loopback_host
+from broker.config._parsers import SKEW_WINDOW_SECONDS, is_loopback
 from broker.config._table import (
     Names,
     Refused,
@@ -30,6 +30,7 @@ from broker.config._table import (
 )
 from broker.core.callers import CallerPolicy
 from broker.core.credentials.spec import ThreadTaskLimits
+from broker.core.protocol.urls import is_loopback_host
 from broker.errors import ConfigError
 
 DEFAULT_LISTEN: Final = "127.0.0.1:50051"

@@ -471,3 +471,20 @@ class TestInvalidationsAcrossRestarts:
                 pass
         assert item == ("beta", "background")
         assert any(e["key"] == keys.INVALIDATION_CHANNEL for e in corrupt_events(log_output))
+
+
+async def test_a_corrupt_route_is_discarded(
+    redis_url: str, identity_name: str, log_output: Logs
+) -> None:
+    """A route that is not the broker's JSON is deleted and read as absent (rediscovered)."""
+    store = RedisStore.from_url(redis_url, PlaintextSealer())
+    raw = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        await raw.set(keys.route_key(identity_name), b'{"origin": 7}')
+        assert await store.load_route(identity_name) is None
+        assert await raw.exists(keys.route_key(identity_name)) == 0
+        (event,) = corrupt_events(log_output)
+        assert "route field" in event["reason"]
+    finally:
+        await raw.aclose()
+        await store.close()

@@ -24,6 +24,7 @@ from broker.core.credentials.model import (
     CachedAssertion,
     IdentityRecord,
     TaskRecord,
+    WorkspaceRouteRecord,
 )
 from broker.core.credentials.ports import Store
 from broker.core.protocol.keys import AgentKey
@@ -324,6 +325,46 @@ class TestAssertions:
         two = make_assertion(clock, "header-b", "task-2")
         assert await store.save_assertion(identity, one, 60) == one
         assert await store.save_assertion(identity, two, 60) == two
+
+
+def make_route(clock: ManualClock, override: str | None = "us") -> WorkspaceRouteRecord:
+    return WorkspaceRouteRecord(
+        account_id="acct-1",
+        token_fingerprint="0" * 32,
+        origin="https://us.chatgpt.com",
+        override=override,
+        discovered_at=clock.now(),
+    )
+
+
+class TestRoutes:
+    @pytest.mark.parametrize("override", ["us", None])
+    async def test_round_trip(
+        self, store: Store, clock: ManualClock, identity: str, override: str | None
+    ) -> None:
+        route = make_route(clock, override)
+        await store.save_route(identity, route, 3600)
+        assert await store.load_route(identity) == route
+
+    async def test_missing(self, store: Store, identity: str) -> None:
+        assert await store.load_route(identity) is None
+
+    async def test_overwrite(self, store: Store, clock: ManualClock, identity: str) -> None:
+        await store.save_route(identity, make_route(clock, "us"), 3600)
+        await store.save_route(identity, make_route(clock, "us_cr"), 3600)
+        route = await store.load_route(identity)
+        assert route is not None
+        assert route.override == "us_cr"
+
+    async def test_expires(
+        self, store: Store, clock: ManualClock, identity: str, expiry: Expiry
+    ) -> None:
+        await store.save_route(identity, make_route(clock), 600)
+
+        async def present() -> bool:
+            return await store.load_route(identity) is not None
+
+        await expiry.assert_expires(keys.route_key(identity), 600, present)
 
 
 class TestLocks:

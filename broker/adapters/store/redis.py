@@ -347,21 +347,11 @@ class RedisStore:
     async def load_assertion(self, identity: str, task_id: str) -> CachedAssertion | None:
         """The cached assertion of ``task_id`` (unsealed), or ``None``."""
         key = keys.assertion_key(identity, task_id)
-        try:
-            value = await self._call("load_assertion", lambda: self._client.get(key))
-        except _WrongType:
-            await self._discard(
-                key, "key holds another type than a string", "wrongtype", [b"string"]
-            )
-            return None
-        if value is None:
-            return None
-        sealed = _as_bytes(value)
-        try:
-            return _codec.decode_assertion(sealed, key, task_id, self._sealer)
-        except StoreCorrupt as exc:
-            await self._discard(key, exc.message, "string", [sealed])
-            return None
+        return await self._read_string(
+            "load_assertion",
+            key,
+            lambda sealed: _codec.decode_assertion(sealed, key, task_id, self._sealer),
+        )
 
     async def save_assertion(
         self, identity: str, assertion: CachedAssertion, ttl_seconds: float
@@ -423,22 +413,7 @@ class RedisStore:
 
     async def load_route(self, identity: str) -> WorkspaceRouteRecord | None:
         """The account's workspace route, or ``None``."""
-        key = keys.route_key(identity)
-        try:
-            value = await self._call("load_route", lambda: self._client.get(key))
-        except _WrongType:
-            await self._discard(
-                key, "key holds another type than a string", "wrongtype", [b"string"]
-            )
-            return None
-        if value is None:
-            return None
-        raw = _as_bytes(value)
-        try:
-            return _codec.decode_route(raw)
-        except StoreCorrupt as exc:
-            await self._discard(key, exc.message, "string", [raw])
-            return None
+        return await self._read_string("load_route", keys.route_key(identity), _codec.decode_route)
 
     async def save_route(
         self, identity: str, route: WorkspaceRouteRecord, ttl_seconds: float
@@ -515,6 +490,25 @@ class RedisStore:
             await self._discard(key, "key holds another type than a hash", "wrongtype", [b"hash"])
             return None
         return {_as_bytes(name): _as_bytes(value) for name, value in raw.items()} or None
+
+    async def _read_string(self, op: str, key: str, decode: Callable[[bytes], _T]) -> _T | None:
+        """A STRING value decoded; a value of another type, or one that does not decode, is
+        discarded (``store.corrupt_value``) and read as absent."""
+        try:
+            value = await self._call(op, lambda: self._client.get(key))
+        except _WrongType:
+            await self._discard(
+                key, "key holds another type than a string", "wrongtype", [b"string"]
+            )
+            return None
+        if value is None:
+            return None
+        raw = _as_bytes(value)
+        try:
+            return decode(raw)
+        except StoreCorrupt as exc:
+            await self._discard(key, exc.message, "string", [raw])
+            return None
 
     async def _write_hash(self, op: str, key: str, fields: Mapping[str, bytes], px: int) -> None:
         args: list[bytes | str | int] = [px]

@@ -16,12 +16,12 @@ anywhere else an ``http`` origin is an error.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 from urllib.parse import urlsplit
 
+from broker.core.protocol.urls import is_loopback_host
 from broker.errors import ProtocolError
 
 ROUTING_HEADER: Final = "x-openai-account-routing-override"
@@ -45,15 +45,6 @@ class Route:
     override: str | None
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def parse_origin(value: str) -> str:
     """``value`` as a canonical origin: ``scheme://host[:port]``, host lower-cased, default port
     dropped.
@@ -71,7 +62,7 @@ def parse_origin(value: str) -> str:
     host = parts.hostname
     if not host:
         raise ProtocolError(f"backend origin {shown!r} has no host")
-    if parts.scheme != "https" and not (parts.scheme == "http" and _is_loopback(host)):
+    if parts.scheme != "https" and not (parts.scheme == "http" and is_loopback_host(host)):
         raise ProtocolError(f"backend origin {shown!r} must be https")
     if parts.username is not None or parts.password is not None:
         raise ProtocolError(f"backend origin {shown!r} must not carry user info")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable
 from typing import Final
 from urllib.parse import urlsplit
@@ -41,6 +42,17 @@ def normalize_chatgpt_base_url(base_url: str) -> str:
     ):
         url += "/backend-api"
     return url
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` is ``localhost``, in 127.0.0.0/8 or ``::1`` (brackets allowed)."""
+    host = host.strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def host_of(url: str) -> str:
