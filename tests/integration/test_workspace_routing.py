@@ -17,7 +17,7 @@ from credential_broker_client.httpx_auth import BrokerAuth
 from credential_broker_client.requests_auth import BrokerRequestsAuth
 
 from broker._proto.credential_broker.v1 import broker_pb2 as pb
-from cb_emulator import DEV_ACCOUNT, Emulator
+from cb_emulator import DEV_ACCOUNT, DEV_TOKEN, Emulator
 from cb_emulator.routing import accounts_check_body
 from tests.fixtures.broker import RunningBroker, StartBroker
 from tests.integration.helpers import error_reason
@@ -213,3 +213,23 @@ class TestWorkerPlugIns:
             await asyncio.to_thread(call)
         # The redirected-to URL was never asked.
         assert emulator.stats().requests_by_endpoint["protected"] == before + 1
+
+
+async def test_a_401_is_answered_by_rereading_the_token_once(
+    emulator: Emulator, start_broker: StartBroker
+) -> None:
+    """Discovery refuses the token the broker read; meanwhile the token file got a newer one (a
+    login refreshed elsewhere): the broker re-reads it once and discovers with it."""
+    emulator.set_route(ACCOUNT, override="us")
+    broker = await start_broker(env=ROUTING_ON)
+    login = emulator.create_login(ACCOUNT, user_id=DEV_ACCOUNT.user_id or "user-dev")
+    tokens = login["tokens"]
+    assert isinstance(tokens, dict)
+    emulator.inject_fault("accounts_check", status=401, delay_seconds=0.5)
+    call = asyncio.ensure_future(authorize(broker, BEARER))
+    await asyncio.sleep(0.2)  # the discovery with the first token is in flight
+    broker.token_file.write_text(str(tokens["access_token"]) + "\n")
+    answer = await call
+    assert answer.headers[HEADER] == "us"
+    assert answer.header_value == f"Bearer {DEV_TOKEN}"  # the Bearer is re-read on its own cadence
+    assert discoveries(emulator) == 2
