@@ -23,11 +23,11 @@ discovers routes (``IdentitySpec.discovers_route``) carries the account's backen
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import structlog
 
+from broker.core.credentials.account import fingerprint
 from broker.core.credentials.model import WorkspaceRouteRecord
 from broker.core.credentials.ports import Clock, Store
 from broker.core.credentials.singleflight import SingleFlight, fleet_once
@@ -63,9 +63,16 @@ LOCK = "route-discovery"
 FAILED = "route-discovery-failed"
 
 
+_ROUTING_ERRORS = (
+    WorkspaceRoutingUnavailable,
+    WorkspaceRoutingInvalid,
+    WorkspaceRoutingUnauthorized,
+)
+
+
 def token_fingerprint(token: Secret) -> str:
     """The first 32 hex digits of the token's SHA-256: tells tokens apart, reveals nothing."""
-    return hashlib.sha256(token.reveal().encode()).hexdigest()[:32]
+    return fingerprint(token)[:32]
 
 
 @dataclass(slots=True)
@@ -159,10 +166,6 @@ class WorkspaceRouter:
             lambda: self._for_fleet(runtime, account_id, token, fingerprint),
         )
 
-    def forget(self, name: str) -> None:
-        """Drop this process's route of identity ``name`` (its account changed)."""
-        self._known.pop(name, None)
-
     async def _for_fleet(
         self, runtime: IdentityRuntime, account_id: str, token: Secret, fingerprint: str
     ) -> WorkspaceRouteRecord:
@@ -200,11 +203,7 @@ class WorkspaceRouter:
                 f"another broker is discovering the workspace route of identity {name!r} and did "
                 "not finish in time; retry"
             ) from None
-        except (
-            WorkspaceRoutingUnavailable,
-            WorkspaceRoutingInvalid,
-            WorkspaceRoutingUnauthorized,
-        ) as exc:
+        except _ROUTING_ERRORS as exc:
             self._known[name] = _Known(
                 account_id, fingerprint, None, exc, self._clock.monotonic() + self._failure_hold
             )
@@ -230,11 +229,7 @@ class WorkspaceRouter:
                     f"the workspace route of identity {spec.name!r} cannot be used: {exc.message}"
                 ) from None
             origin = found.origin or origin_of(normalize_chatgpt_base_url(spec.controlplane_url))
-        except (
-            WorkspaceRoutingUnavailable,
-            WorkspaceRoutingInvalid,
-            WorkspaceRoutingUnauthorized,
-        ) as exc:
+        except _ROUTING_ERRORS as exc:
             await self._store.start_cooldown(spec.name, FAILED, self._failure_hold)
             log.warning(
                 Event.ROUTING_DISCOVERY_FAILED,

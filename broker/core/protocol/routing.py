@@ -68,9 +68,14 @@ def parse_origin(value: str) -> str:
         raise ProtocolError(f"backend origin {shown!r} must not carry user info")
     if parts.path not in ("", "/") or parts.query or parts.fragment or "?" in value or "#" in value:
         raise ProtocolError(f"backend origin {shown!r} must be an origin only (no path or query)")
-    default = 443 if parts.scheme == "https" else 80
+    return _origin(parts.scheme, host, port)
+
+
+def _origin(scheme: str, host: str, port: int | None) -> str:
+    """``scheme://host[:port]``: IPv6 hosts bracketed, the scheme's default port dropped."""
+    default = 443 if scheme == "https" else 80
     shown_host = f"[{host}]" if ":" in host else host
-    return f"{parts.scheme}://{shown_host}" + (f":{port}" if port not in (None, default) else "")
+    return f"{scheme}://{shown_host}" + (f":{port}" if port not in (None, default) else "")
 
 
 def origin_of(url: str) -> str:
@@ -82,11 +87,7 @@ def origin_of(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ProtocolError(f"{url!r} is not an absolute http(s) URL")
-    default = 443 if parts.scheme == "https" else 80
-    host = parts.hostname
-    shown_host = f"[{host}]" if ":" in host else host
-    port = parts.port
-    return f"{parts.scheme}://{shown_host}" + (f":{port}" if port not in (None, default) else "")
+    return _origin(parts.scheme, parts.hostname, parts.port)
 
 
 def parse_accounts_check(answer: Mapping[str, object], account_id: str) -> Route:
