@@ -2,11 +2,12 @@
 
 This is :mod:`bench.serve_broker`'s process (emulator, ``BrokerApp`` on the embedded store, the
 same ``build_server`` options, interceptor, caller gate, health, reflection, logging, event loop and
-background tasks) with one difference: ``GetAuthorization``'s handler answers fixed bytes instead
-of asking the authorizer. The bytes are the serialized ``GetAuthorizationResponse`` the real broker
-returned, so the bytes on the wire are the same. The distance between this server and the bare
-stack (:mod:`bench.serve_bare`) is what the broker's stack costs; the distance between this server
-and the broker is what the authorizer's warm path costs.
+background tasks) with one difference: ``GetAuthorization``'s handler and its warm path answer
+fixed bytes instead of asking the authorizer. The bytes are the serialized
+``GetAuthorizationResponse`` the real broker returned, so the bytes on the wire are the same. The
+distance between this server and the bare stack (:mod:`bench.serve_bare`) is what the broker's
+stack costs; the distance between this server and the broker is what the authorizer's warm path
+costs.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import grpc
 from bench import serve_broker
 from broker._proto.credential_broker.v1 import broker_pb2 as pb
 from broker.app import run_event_loop
+from broker.core.callers import CallerPolicy
 from broker.errors import BrokerError
 from broker.transport.grpc.prebuilt import PrebuiltGetAuthorization, WarmRequest
 
@@ -26,6 +28,9 @@ def echo_handler(response: bytes) -> type[PrebuiltGetAuthorization]:
     """A ``GetAuthorization`` handler that answers ``response`` (the other RPCs are unchanged)."""
 
     class EchoGetAuthorization(PrebuiltGetAuthorization):
+        def warm(self, request: WarmRequest | BrokerError, caller: CallerPolicy) -> bytes | None:
+            return response  # the warm path, as the broker's, with no authorizer behind it
+
         async def get_authorization(
             self,
             request: WarmRequest | BrokerError,

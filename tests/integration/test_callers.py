@@ -152,6 +152,69 @@ class TestPolicy:
         assert retry.retry_delay.ToNanoseconds() > 0
 
 
+class TestWarmPath:
+    """A warm header is answered without a task switch into the handler (the interceptor's warm
+    path, with the caller recognised while grpc looks the method up): every rule still holds."""
+
+    async def test_warm_header_still_refused_to_a_narrow_caller(
+        self, secured: RunningBroker, log_output: list[dict[str, object]]
+    ) -> None:
+        """Once a worker has warmed the default identity's header, a caller that may not use that
+        identity is still refused, each call counted and logged once, with its RPC's fields."""
+        await secured.stub.GetAuthorization(pb.GetAuthorizationRequest(), metadata=auth(WORKER))
+        for _ in range(3):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await secured.stub.GetAuthorization(
+                    pb.GetAuthorizationRequest(), metadata=auth(NARROW)
+                )
+            assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        denied = [e for e in log_output if e["event"] == "caller.denied"]
+        assert [(e["caller"], e["rule"]) for e in denied] == [("narrow", "identity")] * 3
+        assert all(e["rpc_method"].endswith("/GetAuthorization") for e in denied)  # type: ignore[union-attr]
+        assert len({e["request_id"] for e in denied}) == 3
+        admin = apb_grpc.CredentialBrokerAdminStub(secured.channel)
+        usage = await admin.GetUsage(apb.GetUsageRequest(), metadata=auth(OPS))
+        narrow = next(u for u in usage.callers if u.caller == "narrow")
+        assert narrow.denied == 3
+        assert narrow.rpcs_by_code["PERMISSION_DENIED"] == 3
+
+    async def test_callers_on_one_channel_are_told_apart(self, secured: RunningBroker) -> None:
+        """Callers alternating on one connection are each admitted as themselves, call by call:
+        each is counted under its own name, and an unknown token is refused every time."""
+        admin = apb_grpc.CredentialBrokerAdminStub(secured.channel)
+        request = pb.GetAuthorizationRequest()
+        for _ in range(5):
+            await secured.stub.GetAuthorization(request, metadata=auth(WORKER))
+            await secured.stub.GetAuthorization(request, metadata=auth(OPS))
+            await secured.stub.GetAuthorization(request, metadata=auth(OPS))
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await secured.stub.GetAuthorization(request, metadata=auth("not-" + WORKER))
+            assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await admin.GetUsage(apb.GetUsageRequest(), metadata=auth(WORKER))
+            assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        usage = await admin.GetUsage(apb.GetUsageRequest(), metadata=auth(OPS))
+        by_caller = {u.caller: u for u in usage.callers}
+        assert by_caller["worker"].rpcs_by_method["GetAuthorization"] == 5
+        assert by_caller["ops"].rpcs_by_method["GetAuthorization"] == 10
+        assert by_caller["worker"].denied == 5
+        assert by_caller["unknown"].denied == 5
+
+    async def test_rate_limit_holds_on_warm_calls(self, secured: RunningBroker) -> None:
+        """A rate-limited caller spends its bucket on warm calls too."""
+        request = pb.GetAuthorizationRequest()
+        await secured.stub.GetAuthorization(request, metadata=auth(WORKER))  # the header is warm
+        codes = []
+        for _ in range(6):
+            try:
+                await secured.stub.GetAuthorization(request, metadata=auth(LIMITED))
+                codes.append(grpc.StatusCode.OK)
+            except grpc.aio.AioRpcError as exc:
+                codes.append(exc.code())
+        assert codes[:3] == [grpc.StatusCode.OK] * 3
+        assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes[3:]
+
+
 class TestAdmin:
     async def test_admin_needs_the_right(self, secured: RunningBroker) -> None:
         """A worker cannot use the admin service."""

@@ -36,6 +36,7 @@ from broker.core.credentials.counters import AuthorizerCounters
 from broker.core.credentials.fallback import BOOTSTRAP_COOLDOWN, FallbackPolicy
 from broker.core.credentials.identity import IdentityManager
 from broker.core.credentials.model import (
+    BACKGROUND,
     THREAD_SCOPE,
     Authorization,
     CachedAssertion,
@@ -271,9 +272,11 @@ class Authorizer:
         if thread_id:
             if THREAD_SCOPE in thread_id:
                 return None  # authorize refuses it: only the broker writes a scope
-            thread_id = _scoped(thread_id, caller)
-        hit = self._cached(identity or self._default, task_slot(thread_id), min_remaining)
-        if hit is not None:
+            slot = task_slot(_scoped(thread_id, caller))
+        else:
+            slot = BACKGROUND
+        hit = self._cached(identity or self._default, slot, min_remaining)
+        if hit is not None and caller.identities is not None:
             caller.check_identity(hit.identity)
         return hit
 

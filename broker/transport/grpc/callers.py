@@ -31,6 +31,8 @@ CURRENT_CALLER: contextvars.ContextVar[CallerPolicy | None] = contextvars.Contex
 OPEN_METHODS: Final = ("/grpc.health.v1.Health/",)
 ADMIN_PREFIX: Final = "/credential_broker.v1.CredentialBrokerAdmin/"
 _MAX_TOKEN_LEN: Final = 4096
+_MAX_KNOWN_HEADERS: Final = 1024
+"""Kept ``authorization`` values of known callers (a few per caller; dropped whole when full)."""
 
 
 class CallerCall(Protocol):
@@ -100,6 +102,8 @@ class CallerGate:
         self._registry = registry
         self._rpcs = rpcs
         self._denials: dict[str, CallerUsage] = {}
+        self._by_header: dict[str | bytes, CallerPolicy] = {}
+        """Callers by the exact ``authorization`` value that named them (:meth:`token_caller`)."""
 
     @property
     def usage(self) -> dict[str, CallerUsage]:
@@ -142,16 +146,81 @@ class CallerGate:
 
         def admit(call: CallerCall) -> CallerPolicy:
             policy = self._authenticate(method, call)
-            try:
-                if admin:
-                    policy.check_admin()
-                self._registry.take(policy)
-            except CallerDenied as exc:
-                self.denied(policy.name, method, exc)
-                raise
+            self._admit(method, policy, admin=admin)
             return policy
 
         return admit
+
+    @property
+    def authenticates(self) -> bool:
+        """Whether calls carry a caller credential (callers are configured)."""
+        return not self._registry.open
+
+    def token_caller(
+        self, metadata: Iterable[tuple[str, str | bytes]] | None
+    ) -> CallerPolicy | None:
+        """The configured caller whose token ``metadata`` carries, if any (nothing is counted).
+
+        The interceptor asks this while grpc looks the call's method up, from the metadata grpc
+        has already decoded for that lookup, so an admitted token caller's call never reads its
+        metadata again. ``None`` (no token, an unknown one, an open broker) leaves the call to
+        :meth:`admission`, which authenticates it again and denies it with its reason.
+        """
+        for key, value in metadata or ():
+            if key.lower() != "authorization":
+                continue
+            known = self._by_header.get(value)
+            if known is not None:
+                return known
+            token = _token_from(((key, value),))
+            policy = self._registry.by_token(token) if token is not None else None
+            if policy is not None:
+                if len(self._by_header) >= _MAX_KNOWN_HEADERS:
+                    self._by_header.clear()
+                self._by_header[value] = policy
+            return policy
+        return None
+
+    def fixed_caller(self, method: str, policy: CallerPolicy | None = None) -> CallerPolicy | None:
+        """The caller of every call of ``method`` when admitting one needs nothing per call.
+
+        That is :data:`LOCAL_CALLER` on an open broker, or ``policy`` (a caller already
+        authenticated, see :meth:`token_caller`) when it has no rate limit and may call
+        ``method``. ``None``: each call must go through :meth:`admission` (or
+        :meth:`admission_of`), which may refuse it.
+        """
+        if method.startswith(OPEN_METHODS):
+            return None
+        if self._registry.open:
+            return LOCAL_CALLER
+        if policy is None or policy.rate_per_second is not None:
+            return None
+        if method.startswith(ADMIN_PREFIX) and not policy.admin:
+            return None
+        return policy
+
+    def admission_of(self, method: str, policy: CallerPolicy) -> Admission:
+        """How each call of ``method`` by ``policy``, already authenticated, is admitted.
+
+        As :meth:`admission` without reading the call: the admin rule and the rate limit apply
+        (and raise :class:`CallerDenied`, counted and logged) on every call.
+        """
+        admin = method.startswith(ADMIN_PREFIX)
+
+        def admit(_call: CallerCall) -> CallerPolicy:
+            self._admit(method, policy, admin=admin)
+            return policy
+
+        return admit
+
+    def _admit(self, method: str, policy: CallerPolicy, *, admin: bool) -> None:
+        try:
+            if admin:
+                policy.check_admin()
+            self._registry.take(policy)
+        except CallerDenied as exc:
+            self.denied(policy.name, method, exc)
+            raise
 
     def _authenticate(self, method: str, call: CallerCall) -> CallerPolicy:
         token = _token_from(call.invocation_metadata())

@@ -20,6 +20,24 @@ wrapper does each RPC's work once:
 
 Each RPC runs in its own task (grpc.aio creates one per call), so the context variables set here end
 with it and need no reset.
+
+The warm path
+-------------
+Two things make a warm ``GetAuthorization`` cost little more than grpc.aio itself:
+
+* **The caller is known at lookup.** grpc decodes a call's metadata to look its method up
+  (``handler_call_details.invocation_metadata``); :meth:`RpcInterceptor.service` finds a token
+  caller there (:meth:`CallerGate.token_caller`, one dict lookup per call for a known header) and
+  returns that caller's own wrapper of the method, built once per (method, caller). Its admission
+  reads nothing of the call (:meth:`CallerGate.admission_of`: the admin rule and the rate limit
+  still apply). Anything else (no token, an unknown one, a certificate) takes the method's
+  per-call admission, which authenticates the call and denies it with its reason.
+* **A warm path before the handler.** A method added with a :data:`WarmPath` (``GetAuthorization``:
+  a fresh L1 hit as prebuilt bytes) tries it first. Where nothing can refuse the call
+  (:meth:`CallerGate.fixed_caller`: an open broker, or a known caller with no rate limit on a method
+  it may call), a warm answer is counted and returned with no per-call state at all: no ``_Rpc``,
+  no context variable, no task switch into the handler. Everything else (a miss, an error, a
+  refusal) goes the whole way above, so every rule, count and log line is the handler's.
 """
 
 from __future__ import annotations
@@ -35,6 +53,7 @@ import grpc
 import structlog
 from google.protobuf.message import DecodeError
 
+from broker.core.callers import CallerPolicy
 from broker.errors import BrokerError, InvalidArgument
 from broker.events import Event
 from broker.logs import RPC_LOG_CONTEXT
@@ -51,6 +70,9 @@ _Stream = Callable[[Any, _Context], AsyncIterator[Any]]
 # A streaming handler may also be a coroutine that sends with ``context.write`` (grpc's own health
 # servicer's Watch is one); grpc.aio tells the two kinds apart by inspecting the handler.
 _Writer = Callable[[Any, _Context], Awaitable[None]]
+WarmPath = Callable[[Any, CallerPolicy], Any]
+"""A unary method's answer from what is already cached, or ``None`` to decline (see
+:meth:`RpcInterceptor.add_service`): synchronous, and it never raises."""
 
 _Loader = TypeVar("_Loader", bound=Callable[..., Any])
 _NEVER_RAISES: Final = "_broker_never_raises"
@@ -104,8 +126,8 @@ class _Rpc:
 
     __slots__ = ("caller", "context", "method", "peer", "request_id", "started")
 
-    def __init__(self, method: str, context: _Context) -> None:
-        self.started = time.perf_counter()
+    def __init__(self, method: str, context: _Context, started: float) -> None:
+        self.started = started
         self.method = method
         self.context: _Context | None = context
         """Dropped when the RPC ends: grpc frees the call, and asking it for the peer then is
@@ -167,15 +189,29 @@ class RpcInterceptor(grpc.GenericRpcHandler):
         self._sample = access_log_sample
         self._until_sampled = access_log_sample
         self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+        """Each method's handler for a caller authenticated per call."""
+        self._originals: dict[str, tuple[grpc.RpcMethodHandler[Any, Any], WarmPath | None]] = {}
+        self._by_caller: dict[tuple[str, str], grpc.RpcMethodHandler[Any, Any]] = {}
+        """Each method's handler for a token caller recognised at lookup, by (method, caller);
+        bounded by the methods times the configured callers."""
         self._generic: list[grpc.GenericRpcHandler] = []
+        self._authenticates = gate.authenticates
 
     def add_service(
-        self, service: str, handlers: Mapping[str, grpc.RpcMethodHandler[Any, Any]]
+        self,
+        service: str,
+        handlers: Mapping[str, grpc.RpcMethodHandler[Any, Any]],
+        *,
+        warm: Mapping[str, WarmPath] | None = None,
     ) -> None:
-        """Serve ``service``'s methods (handlers by method name, as generated code lists them)."""
+        """Serve ``service``'s methods (handlers by method name, as generated code lists them).
+
+        ``warm`` gives unary methods a :data:`WarmPath`, tried after admission and before the
+        handler: an answer it gives is the call's response, without a task switch into the
+        handler or any per-call context (it must answer only what the handler would).
+        """
         for name, handler in handlers.items():
-            method = f"/{service}/{name}"
-            self._handlers[method] = self._wrap(method, handler)
+            self._add(f"/{service}/{name}", handler, (warm or {}).get(name))
 
     def add_generic(self, handler: grpc.GenericRpcHandler) -> None:
         """Serve the methods ``handler`` resolves that no added service has."""
@@ -191,28 +227,66 @@ class RpcInterceptor(grpc.GenericRpcHandler):
                 handler = generic.service(handler_call_details)
                 if handler is not None:
                     # Only methods that have a handler are kept: unknown names cannot grow this.
-                    wrapped = self._handlers[method] = self._wrap(method, handler)
+                    wrapped = self._add(method, handler, None)
                     break
+            else:
+                return None
+        if self._authenticates:
+            # grpc decoded this call's metadata for this lookup: a token caller is recognised
+            # here, once, and the call never reads its metadata again.
+            policy = self._gate.token_caller(handler_call_details.invocation_metadata)
+            if policy is not None:
+                return self._by_caller.get((method, policy.name)) or self._for_caller(
+                    method, policy
+                )
+        return wrapped
+
+    def _add(
+        self, method: str, handler: grpc.RpcMethodHandler[Any, Any], warm: WarmPath | None
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        self._originals[method] = (handler, warm)
+        wrapped = self._handlers[method] = self._wrap(
+            method, handler, warm, self._gate.admission(method), self._gate.fixed_caller(method)
+        )
+        return wrapped
+
+    def _for_caller(self, method: str, policy: CallerPolicy) -> grpc.RpcMethodHandler[Any, Any]:
+        handler, warm = self._originals[method]
+        wrapped = self._by_caller[method, policy.name] = self._wrap(
+            method,
+            handler,
+            warm,
+            self._gate.admission_of(method, policy),
+            self._gate.fixed_caller(method, policy),
+        )
         return wrapped
 
     def _wrap(
-        self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
+        self,
+        method: str,
+        handler: grpc.RpcMethodHandler[Any, Any],
+        warm: WarmPath | None,
+        admission: Admission,
+        fixed: CallerPolicy | None,
     ) -> grpc.RpcMethodHandler[Any, Any]:
+        """``handler`` admitted by ``admission``; ``fixed``: the caller of every call, if known."""
         if handler.unary_unary is not None:
+            inner = cast("_Unary", handler.unary_unary)
+            unary = self._wrap_unary(method, inner, warm, admission)
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(method, cast("_Unary", handler.unary_unary)),
+                unary if warm is None or fixed is None else self._warm(method, warm, fixed, unary),
                 request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(method, handler.unary_stream),
+                self._wrap_stream(method, handler.unary_stream, admission),
                 request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_stream is not None:
             return grpc.stream_stream_rpc_method_handler(
-                self._wrap_stream(method, handler.stream_stream),
+                self._wrap_stream(method, handler.stream_stream, admission),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
@@ -221,15 +295,17 @@ class RpcInterceptor(grpc.GenericRpcHandler):
     # -- each RPC ----------------------------------------------------------------------------------
 
     @staticmethod
-    def _admit(rpc: _Rpc, context: _Context, request: Any, admission: Admission) -> str | None:
-        """Admit the caller of ``rpc`` and return its name (or raise the BrokerError to answer)."""
+    def _admit(
+        rpc: _Rpc, context: _Context, request: Any, admission: Admission
+    ) -> CallerPolicy | None:
+        """Admit the caller of ``rpc`` and return it (or raise the BrokerError to answer)."""
         RPC_LOG_CONTEXT.set(rpc)
         if request is _UNDECODABLE:
             raise InvalidArgument(UNDECODABLE_MESSAGE)
         policy = admission(context)
         CURRENT_CALLER.set(policy)
-        rpc.caller = caller = None if policy is None else policy.name
-        return caller
+        rpc.caller = None if policy is None else policy.name
+        return policy
 
     def _done(self, rpc: _Rpc, tally: MethodTally, context: _Context) -> None:
         """Count an RPC whose handler returned: OK, unless the handler set another status."""
@@ -264,25 +340,30 @@ class RpcInterceptor(grpc.GenericRpcHandler):
         elapsed_ms = round((time.perf_counter() - rpc.started) * 1000, 3)
         write(Event.RPC_COMPLETED, grpc_code=code, duration_ms=elapsed_ms, **fields)
 
-    def _wrap_unary(self, method: str, inner: _Unary) -> _Unary:
+    def _wrap_unary(
+        self, method: str, inner: _Unary, warm: WarmPath | None, admission: Admission
+    ) -> _Unary:
         tally = self._tally.method(method, timed=True)
         admit, done, failed, sampled = self._admit, self._done, self._failed, self._sampled
-        admission = self._gate.admission(method)
         succeeded, clock = tally.succeeded, time.perf_counter
 
-        async def unary(request: Any, context: _Context) -> Any:
-            rpc = _Rpc(method, context)
+        async def unary(request: Any, context: _Context, started: float = 0.0) -> Any:
+            rpc = _Rpc(method, context, started or clock())
             try:
                 try:
-                    caller = admit(rpc, context, request, admission)
+                    policy = admit(rpc, context, request, admission)
                 except BrokerError as exc:
                     await context.abort_with_status(to_status(exc))
-                response = await inner(request, context)
+                response = None
+                if warm is not None and policy is not None:
+                    response = warm(request, policy)
+                if response is None:
+                    response = await inner(request, context)
             except BaseException as exc:
                 failed(rpc, tally, context, exc)
                 raise
             if context.code() is None:  # OK, the common case: counted here without a call more
-                succeeded(caller, clock() - rpc.started)
+                succeeded(None if policy is None else policy.name, clock() - rpc.started)
                 if self._sample:
                     sampled(rpc)
                 rpc.context = None
@@ -292,20 +373,51 @@ class RpcInterceptor(grpc.GenericRpcHandler):
 
         return unary
 
-    def _wrap_stream(self, method: str, inner: Callable[..., Any]) -> _Stream | _Writer:
+    def _warm(self, method: str, warm: WarmPath, caller: CallerPolicy, full: _Unary) -> _Unary:
+        """``full`` with its warm path tried first, for a method whose every call is ``caller``'s.
+
+        Nothing can refuse such a call (:meth:`CallerGate.fixed_caller`), so an answer of the warm
+        path is counted and returned at once: no per-call state, no context variable, no task
+        switch into the handler. A declined call goes the whole way, with its start time.
+        """
+        tally = self._tally.method(method, timed=True)
+        succeeded, clock, name = tally.succeeded, time.perf_counter, caller.name
+        full_from = cast("Callable[[Any, _Context, float], Awaitable[Any]]", full)
+
+        async def unary(request: Any, context: _Context) -> Any:
+            started = clock()
+            response = warm(request, caller)
+            if response is None:
+                return await full_from(request, context, started)
+            succeeded(name, clock() - started)
+            if self._sample:
+                self._sampled_warm(method, context, started, name)
+            return response
+
+        return unary
+
+    def _sampled_warm(self, method: str, context: _Context, started: float, caller: str) -> None:
+        rpc = _Rpc(method, context, started)
+        rpc.caller = caller
+        RPC_LOG_CONTEXT.set(rpc)
+        self._sampled(rpc)
+        rpc.context = None
+
+    def _wrap_stream(
+        self, method: str, inner: Callable[..., Any], admission: Admission
+    ) -> _Stream | _Writer:
         """A wrapper of the same kind as ``inner``: an async generator, or a writing coroutine.
 
         grpc.aio iterates an async-generator handler and awaits a coroutine one; wrapping a
         coroutine in a generator would iterate a coroutine (UNKNOWN for every caller).
         """
         tally = self._tally.method(method, timed=False)
-        admit, done, failed = self._admit, self._done, self._failed
-        admission = self._gate.admission(method)
+        admit, done, failed, clock = self._admit, self._done, self._failed, time.perf_counter
         if inspect.iscoroutinefunction(inner):
             writer = cast("_Writer", inner)
 
             async def write(request: Any, context: _Context) -> None:
-                rpc = _Rpc(method, context)
+                rpc = _Rpc(method, context, clock())
                 try:
                     try:
                         admit(rpc, context, request, admission)
@@ -322,7 +434,7 @@ class RpcInterceptor(grpc.GenericRpcHandler):
         generator = cast("_Stream", inner)
 
         async def stream(request: Any, context: _Context) -> AsyncIterator[Any]:
-            rpc = _Rpc(method, context)
+            rpc = _Rpc(method, context, clock())
             try:
                 try:
                     admit(rpc, context, request, admission)

@@ -21,6 +21,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from broker._proto.credential_broker.v1 import broker_pb2 as pb
+from broker.core.callers import CallerPolicy
 from broker.core.credentials.authorizer import Authorizer
 from broker.core.credentials.model import Authorization, Mode
 from broker.errors import BrokerError, InvalidArgument
@@ -101,6 +102,17 @@ class PrebuiltGetAuthorization:
                 self._requests.clear()
             self._requests[data] = request
         return request
+
+    def warm(self, request: WarmRequest | BrokerError, caller: CallerPolicy) -> bytes | None:
+        """The answer to a warm hit, at once; ``None`` for anything else (the interceptor's warm
+        path: :meth:`get_authorization` then answers, errors included)."""
+        if request.__class__ is not WarmRequest:
+            return None
+        try:
+            authorization = self._authorizer.warm(*request, caller)
+        except BrokerError:
+            return None  # a refusal: get_authorization raises it again and answers its status
+        return None if authorization is None else self.answer(authorization)
 
     async def get_authorization(
         self,

@@ -87,7 +87,11 @@ def build_server(
     services = cast("grpc.aio.Server", _Registrar(interceptor))
     pb_grpc.add_CredentialBrokerServicer_to_server(servicer, services)
     if get_authorization is not None:
-        interceptor.add_service(BROKER_SERVICE, {"GetAuthorization": get_authorization.handler()})
+        interceptor.add_service(
+            BROKER_SERVICE,
+            {"GetAuthorization": get_authorization.handler()},
+            warm={"GetAuthorization": get_authorization.warm},
+        )
     admin_pb2_grpc.add_CredentialBrokerAdminServicer_to_server(admin, services)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, services)
     names = [
