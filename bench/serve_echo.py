@@ -20,21 +20,18 @@ from bench import serve_broker
 from broker._proto.credential_broker.v1 import broker_pb2 as pb
 from broker.app import run_event_loop
 from broker.core.callers import CallerPolicy
-from broker.errors import BrokerError
-from broker.transport.grpc.prebuilt import PrebuiltGetAuthorization, WarmRequest
+from broker.transport.grpc.prebuilt import PrebuiltGetAuthorization
 
 
 def echo_handler(response: bytes) -> type[PrebuiltGetAuthorization]:
     """A ``GetAuthorization`` handler that answers ``response`` (the other RPCs are unchanged)."""
 
     class EchoGetAuthorization(PrebuiltGetAuthorization):
-        def warm(self, request: WarmRequest | BrokerError, caller: CallerPolicy) -> bytes | None:
+        def warm(self, data: bytes, caller: CallerPolicy) -> bytes | None:
             return response  # the warm path, as the broker's, with no authorizer behind it
 
         async def get_authorization(
-            self,
-            request: WarmRequest | BrokerError,
-            context: grpc.aio.ServicerContext[WarmRequest | BrokerError, bytes],
+            self, data: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
         ) -> bytes:
             return response
 

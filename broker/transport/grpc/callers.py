@@ -167,7 +167,7 @@ class CallerGate:
         :meth:`admission`, which authenticates it again and denies it with its reason.
         """
         for key, value in metadata or ():
-            if key.lower() != "authorization":
+            if key != "authorization":  # grpc refuses a header name that is not lowercase
                 continue
             known = self._by_header.get(value)
             if known is not None:

@@ -47,7 +47,7 @@ import inspect
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
-from typing import Any, Final, TypeVar, cast
+from typing import Any, Final, cast
 
 import grpc
 import structlog
@@ -74,8 +74,6 @@ WarmPath = Callable[[Any, CallerPolicy], Any]
 """A unary method's answer from what is already cached, or ``None`` to decline (see
 :meth:`RpcInterceptor.add_service`): synchronous, and it never raises."""
 
-_Loader = TypeVar("_Loader", bound=Callable[..., Any])
-_NEVER_RAISES: Final = "_broker_never_raises"
 
 _QUIET_PREFIXES: Final = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 """Methods whose ``rpc.completed`` lines are debug: probes and tooling, not workers."""
@@ -96,16 +94,10 @@ class _Unadmitted:
 _UNADMITTED: Final = _Unadmitted()
 
 
-def never_raises(deserializer: _Loader) -> _Loader:
-    """Mark a request deserializer that answers bad bytes itself, so it is not wrapped."""
-    setattr(deserializer, _NEVER_RAISES, True)
-    return deserializer
-
-
 def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
     """Wrap a request deserializer so a decode error reaches us (INVALID_ARGUMENT), not grpc
     (which would answer UNKNOWN before any broker code ran)."""
-    if deserializer is None or getattr(deserializer, _NEVER_RAISES, False):
+    if deserializer is None:
         return deserializer
 
     def load(data: bytes) -> Any:

@@ -27,7 +27,7 @@ from broker.core.credentials.model import Authorization, Mode
 from broker.errors import BrokerError, InvalidArgument
 from broker.transport.grpc import convert
 from broker.transport.grpc.callers import CURRENT_CALLER, CallerGate
-from broker.transport.grpc.interceptors import UNDECODABLE_MESSAGE, never_raises
+from broker.transport.grpc.interceptors import UNDECODABLE_MESSAGE
 from broker.transport.grpc.servicer import abort_for, admitted
 
 _MAX_ANSWERS: Final = 10_000
@@ -79,15 +79,13 @@ class PrebuiltGetAuthorization:
         # Keyed by id(); each entry holds its Authorization, so the id stays that object's.
         self._answers: dict[int, tuple[Authorization, bytes]] = {}
 
-    def handler(self) -> grpc.RpcMethodHandler[WarmRequest | BrokerError, bytes]:
-        """The method handler: the request's arguments in, the response's bytes out."""
-        return grpc.unary_unary_rpc_method_handler(
-            self.get_authorization, request_deserializer=self.request
-        )
+    def handler(self) -> grpc.RpcMethodHandler[bytes, bytes]:
+        """The method handler: the request's bytes in, the response's bytes out (grpc calls no
+        deserializer: the warm path looks the bytes up itself)."""
+        return grpc.unary_unary_rpc_method_handler(self.get_authorization)
 
-    @never_raises
     def request(self, data: bytes) -> WarmRequest | BrokerError:
-        """The arguments ``data`` carries, or the error to answer (grpc's deserializer)."""
+        """The arguments ``data`` carries, or the error to answer."""
         kept = self._requests.get(data)
         if kept is not None:
             return kept
@@ -103,27 +101,36 @@ class PrebuiltGetAuthorization:
             self._requests[data] = request
         return request
 
-    def warm(self, request: WarmRequest | BrokerError, caller: CallerPolicy) -> bytes | None:
+    def warm(self, data: bytes, caller: CallerPolicy) -> bytes | None:
         """The answer to a warm hit, at once; ``None`` for anything else (the interceptor's warm
-        path: :meth:`get_authorization` then answers, errors included)."""
-        if request.__class__ is not WarmRequest:
-            return None
+        path: :meth:`get_authorization` then answers, errors included).
+
+        The hot path of the whole broker: one lookup of the request's bytes, the authorizer's warm
+        hit, one lookup of its answer's bytes.
+        """
+        request = self._requests.get(data)
+        if request is None:
+            return None  # not seen yet (or not kept): get_authorization converts it
         try:
             authorization = self._authorizer.warm(*request, caller)
         except BrokerError:
             return None  # a refusal: get_authorization raises it again and answers its status
-        return None if authorization is None else self.answer(authorization)
+        if authorization is None:
+            return None
+        kept = self._answers.get(id(authorization))
+        if kept is not None and kept[0] is authorization:
+            return kept[1]
+        return self.answer(authorization)
 
     async def get_authorization(
-        self,
-        request: WarmRequest | BrokerError,
-        context: grpc.aio.ServicerContext[WarmRequest | BrokerError, bytes],
+        self, data: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
     ) -> bytes:
         """``GetAuthorization``: the serialized ``GetAuthorizationResponse``.
 
         A warm hit is answered without an await (:meth:`Authorizer.warm`); anything else goes the
         whole way (:meth:`Authorizer.authorize`).
         """
+        request = self.request(data)
         if isinstance(request, BrokerError):
             await abort_for(context, request, self._gate)
             raise request  # unreachable: abort_for raises
