@@ -147,6 +147,15 @@ def _secret_env() -> dict[str, str]:
     return found
 
 
+def _workers() -> int:
+    """The worker count the ConfigMap's broker.toml sets (the example sets one explicitly)."""
+    toml = _resources()["ConfigMap/credential-broker"]["data"]["broker.toml"]
+    workers = tomllib.loads(toml)["workers"]
+    assert isinstance(workers, int)
+    assert workers >= 1
+    return workers
+
+
 def _port(listen: str) -> int:
     return int(listen.rpartition(":")[2])
 
@@ -162,29 +171,36 @@ class TestKubernetes:
         assert pod["terminationGracePeriodSeconds"] >= pre_stop + grace + 5
 
     def test_ports_agree(self) -> None:
-        """Listen addresses, container ports, probes, scrape annotations and the policy agree."""
+        """Listen addresses, container ports, probes and the policy agree; every worker's ops port
+        (the ops port + its index) is declared, admitted from monitoring and scraped."""
         container, env = _container(), _env()
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-        assert ports == {
-            "grpc": _port(env["BROKER_LISTEN"]),
-            "metrics": _port(env["BROKER_OPS_LISTEN"]),
-        }
+        ops = _port(env["BROKER_OPS_LISTEN"])
+        workers = _workers()
+        metrics = {f"metrics-{i}": ops + i for i in range(workers)}
+        assert ports == {"grpc": _port(env["BROKER_LISTEN"]), **metrics}
         for probe in ("livenessProbe", "readinessProbe"):
             assert container[probe]["grpc"]["port"] == ports["grpc"]
         template = _resources()["Deployment/credential-broker"]["spec"]["template"]
-        annotations = template["metadata"]["annotations"]
-        assert annotations["prometheus.io/scrape"] == "true"
-        assert int(annotations["prometheus.io/port"]) == ports["metrics"]
+        # One annotated port per pod would scrape worker 0 only: the PodMonitor scrapes them all.
+        assert "prometheus.io/port" not in template["metadata"].get("annotations", {})
+        (monitor,) = _documents(DEPLOY / "kubernetes" / "monitoring" / "podmonitor.yaml")
+        assert monitor["kind"] == "PodMonitor"
+        assert monitor["spec"]["selector"] == {"matchLabels": {"app": "credential-broker"}}
+        endpoints = monitor["spec"]["podMetricsEndpoints"]
+        assert [e["port"] for e in endpoints] == list(metrics)
+        assert {e["path"] for e in endpoints} == {"/metrics"}
         policy = _resources()["NetworkPolicy/credential-broker"]["spec"]
         ingress = {
             port["port"]: rule["from"] for rule in policy["ingress"] for port in rule["ports"]
         }
-        assert set(ingress) == {ports["grpc"], ports["metrics"]}
+        assert set(ingress) == {ports["grpc"], *metrics.values()}
         assert ingress[ports["grpc"]] == [
             {"podSelector": {"matchLabels": {"credential-broker-client": "true"}}}
         ]
         monitoring = {"kubernetes.io/metadata.name": "monitoring"}
-        assert ingress[ports["metrics"]] == [{"namespaceSelector": {"matchLabels": monitoring}}]
+        for port in metrics.values():
+            assert ingress[port] == [{"namespaceSelector": {"matchLabels": monitoring}}]
 
     def test_egress_is_redis_dns_and_https(self) -> None:
         """The pods may reach Redis and its sentinels, DNS and HTTPS, and nothing else."""
