@@ -37,7 +37,6 @@ from broker.core.credentials.counters import AuthorizerCounters
 from broker.core.credentials.fallback import BOOTSTRAP_COOLDOWN, FallbackPolicy
 from broker.core.credentials.identity import IdentityManager
 from broker.core.credentials.model import (
-    BACKGROUND,
     THREAD_SCOPE,
     Authorization,
     CachedAssertion,
@@ -277,16 +276,9 @@ class Authorizer:
         if thread_id:
             if THREAD_SCOPE in thread_id:
                 return None  # authorize refuses it: only the broker writes a scope
-            slot = task_slot(_scoped(thread_id, caller))
-        else:
-            slot = BACKGROUND
-        # _cached, inlined: this runs for nearly every request the broker serves.
-        entry = self._l1.get((identity or self._default, slot))
-        if entry is None or self._monotonic() + min_remaining >= entry.fresh_until:
-            return None
-        self.counters.l1_hit += 1
-        hit = entry.authorization
-        if caller.identities is not None:
+            thread_id = _scoped(thread_id, caller)
+        hit = self._cached(identity or self._default, task_slot(thread_id), min_remaining)
+        if hit is not None and caller.identities is not None:
             caller.check_identity(hit.identity)
         return hit
 

@@ -61,12 +61,18 @@ class CallerUsage:
 
 def _token_from(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
     for key, value in metadata or ():
-        if key.lower() != "authorization" or not isinstance(value, str):
-            continue
-        scheme, _, token = value.strip().partition(" ")
-        if scheme.lower() == "bearer" and 0 < len(token.strip()) <= _MAX_TOKEN_LEN:
-            return token.strip()
+        if key.lower() == "authorization":
+            return _bearer_token(value)
+    return None
+
+
+def _bearer_token(value: str | bytes) -> str | None:
+    """The token of an ``authorization`` value ``Bearer <token>``; ``None`` for anything else."""
+    if not isinstance(value, str):
         return None
+    scheme, _, token = value.strip().partition(" ")
+    if scheme.lower() == "bearer" and 0 < len(token.strip()) <= _MAX_TOKEN_LEN:
+        return token.strip()
     return None
 
 
@@ -172,7 +178,7 @@ class CallerGate:
             known = self._by_header.get(value)
             if known is not None:
                 return known
-            token = _token_from(((key, value),))
+            token = _bearer_token(value)
             policy = self._registry.by_token(token) if token is not None else None
             if policy is not None:
                 if len(self._by_header) >= _MAX_KNOWN_HEADERS:

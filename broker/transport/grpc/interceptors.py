@@ -264,9 +264,15 @@ class RpcInterceptor(grpc.GenericRpcHandler):
         """``handler`` admitted by ``admission``; ``fixed``: the caller of every call, if known."""
         if handler.unary_unary is not None:
             inner = cast("_Unary", handler.unary_unary)
-            unary = self._wrap_unary(method, inner, warm, admission)
+            if warm is not None and fixed is not None:
+                # The warm path is tried first, once: the full path behind it does not retry it.
+                unary = self._warm(
+                    method, warm, fixed, self._wrap_unary(method, inner, None, admission)
+                )
+            else:
+                unary = self._wrap_unary(method, inner, warm, admission)
             return grpc.unary_unary_rpc_method_handler(
-                unary if warm is None or fixed is None else self._warm(method, warm, fixed, unary),
+                unary,
                 request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )

@@ -115,20 +115,15 @@ class PrebuiltGetAuthorization:
             authorization = self._authorizer.warm(*request, caller)
         except BrokerError:
             return None  # a refusal: get_authorization raises it again and answers its status
-        if authorization is None:
-            return None
-        kept = self._answers.get(id(authorization))
-        if kept is not None and kept[0] is authorization:
-            return kept[1]
-        return self.answer(authorization)
+        return None if authorization is None else self.answer(authorization)
 
     async def get_authorization(
         self, data: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
     ) -> bytes:
         """``GetAuthorization``: the serialized ``GetAuthorizationResponse``.
 
-        A warm hit is answered without an await (:meth:`Authorizer.warm`); anything else goes the
-        whole way (:meth:`Authorizer.authorize`).
+        The interceptor answers a warm hit before this runs (:meth:`warm`); what reaches here goes
+        the whole way (:meth:`Authorizer.authorize`, which answers a hit at once too).
         """
         request = self.request(data)
         if isinstance(request, BrokerError):
@@ -136,9 +131,7 @@ class PrebuiltGetAuthorization:
             raise request  # unreachable: abort_for raises
         try:
             caller = CURRENT_CALLER.get() or admitted()  # admitted() refuses a call without one
-            authorization = self._authorizer.warm(*request, caller)
-            if authorization is None:
-                authorization = await self._authorizer.authorize(*request, caller)
+            authorization = await self._authorizer.authorize(*request, caller)
         except grpc.aio.AbortError:
             raise
         except Exception as exc:  # the edge: abort_for answers a status (INTERNAL for a bug)
